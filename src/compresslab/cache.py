@@ -1,0 +1,194 @@
+"""Content-addressed artifact cache.
+
+An entry is a directory ``<root>/<key>/`` holding ``payload/`` (what the build produced,
+as it would be shipped) and ``manifest.json`` (the key's inputs, every payload file's size
+and sha256, build time). Guarantees:
+
+- atomic publish: a build writes into ``<root>/.tmp/<key>-<pid>-<rand>/`` and is renamed into
+  place only once complete, so a killed build leaves no half-entry under the key;
+- one build per key across processes (pytest-xdist workers): a file lock per key;
+- a corrupt or edited entry (checksum or size mismatch, missing manifest) is detected,
+  moved aside and rebuilt, never loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from compresslab.assets import sha256_file
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+PAYLOAD = "payload"
+SCHEMA = 1
+LOCK_WAIT_LOG_S = 5.0
+
+
+def cache_key(inputs: dict[str, Any]) -> str:
+    """Stable hash of a JSON-able description of everything that determines an artifact."""
+    canonical = json.dumps(inputs, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:24]
+
+
+class CorruptEntry(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def payload(self) -> Path:
+        return self.path / PAYLOAD
+
+    @property
+    def build_s(self) -> float:
+        return float(self.manifest.get("build_s", 0.0))
+
+
+def _payload_files(payload: Path) -> dict[str, dict[str, Any]]:
+    files = {}
+    for path in sorted(p for p in payload.rglob("*") if p.is_file()):
+        files[path.relative_to(payload).as_posix()] = {
+            "size": path.stat().st_size,
+            "sha256": sha256_file(path),
+        }
+    return files
+
+
+class ArtifactCache:
+    def __init__(self, root: Path, lock_timeout_s: float = 3 * 3600):
+        self.root = Path(root)
+        self.lock_timeout_s = lock_timeout_s
+        self._verified: set[str] = set()
+
+    def _tmp_root(self) -> Path:
+        return self.root / ".tmp"
+
+    def _lock(self, key: str) -> FileLock:
+        (self.root / ".locks").mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.root / ".locks" / f"{key}.lock"))
+
+    def path_for(self, key: str) -> Path:
+        return self.root / key
+
+    def lookup(self, key: str) -> Entry | None:
+        """A verified entry, or None when absent. Raises CorruptEntry when present but damaged."""
+        path = self.path_for(key)
+        if not path.exists():
+            return None
+        manifest_path = path / MANIFEST
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise CorruptEntry(f"cache entry {key}: unreadable manifest ({err})") from err
+        if key not in self._verified:
+            self._verify(key, path / PAYLOAD, manifest)
+            self._verified.add(key)
+        return Entry(key, path, manifest)
+
+    def _verify(self, key: str, payload: Path, manifest: dict[str, Any]) -> None:
+        expected = manifest.get("files")
+        if manifest.get("key") != key or not isinstance(expected, dict) or not expected:
+            raise CorruptEntry(f"cache entry {key}: manifest does not describe this entry")
+        actual_names = {p.relative_to(payload).as_posix() for p in payload.rglob("*") if p.is_file()}
+        if actual_names != set(expected):
+            raise CorruptEntry(f"cache entry {key}: payload files differ from the manifest")
+        for name, meta in expected.items():
+            file = payload / name
+            if file.stat().st_size != meta["size"] or sha256_file(file) != meta["sha256"]:
+                raise CorruptEntry(f"cache entry {key}: {name} fails its checksum")
+
+    def _quarantine(self, key: str, reason: str) -> None:
+        log.warning("%s; moving it aside and rebuilding", reason)
+        trash = self.root / ".corrupt" / f"{key}-{int(time.time())}-{uuid.uuid4().hex[:6]}"
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.path_for(key), trash)
+
+    def _clear_stale_tmp(self, key: str) -> None:
+        # Only called under the key's lock, so any tmp dir of this key is a dead build's.
+        for stale in self._tmp_root().glob(f"{key}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def get_or_build(
+        self,
+        key: str,
+        build: Callable[[Path], None],
+        inputs: dict[str, Any] | None = None,
+        rebuild: bool = False,
+    ) -> tuple[Entry, bool]:
+        """Return (entry, built_now). ``build(payload_dir)`` writes the artifact into an empty dir."""
+        if not rebuild:
+            entry = self._lookup_or_quarantine(key)
+            if entry is not None:
+                return entry, False
+        lock = self._lock(key)
+        self._acquire(lock, key)
+        try:
+            # Another process may have published while we waited for the lock.
+            entry = None if rebuild else self._lookup_or_quarantine(key)
+            if entry is not None:
+                return entry, False
+            return self._build_and_publish(key, build, inputs or {}), True
+        finally:
+            lock.release()
+
+    def _acquire(self, lock: FileLock, key: str) -> None:
+        try:
+            lock.acquire(timeout=LOCK_WAIT_LOG_S)
+            return
+        except Timeout:
+            log.info("waiting for another process that is building %s", key)
+        lock.acquire(timeout=self.lock_timeout_s)
+
+    def _lookup_or_quarantine(self, key: str) -> Entry | None:
+        try:
+            return self.lookup(key)
+        except CorruptEntry as err:
+            self._quarantine(key, str(err))
+            return None
+
+    def _build_and_publish(self, key: str, build: Callable[[Path], None], inputs: dict[str, Any]) -> Entry:
+        self._clear_stale_tmp(key)
+        tmp = self._tmp_root() / f"{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        (tmp / PAYLOAD).mkdir(parents=True)
+        try:
+            started = time.perf_counter()
+            build(tmp / PAYLOAD)
+            build_s = time.perf_counter() - started
+            manifest = {
+                "schema": SCHEMA,
+                "key": key,
+                "inputs": inputs,
+                "build_s": round(build_s, 3),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "files": _payload_files(tmp / PAYLOAD),
+            }
+            if not manifest["files"]:
+                raise RuntimeError(f"build of {key} produced no files")
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+            final = self.path_for(key)
+            if final.exists():  # only with rebuild=True: replace the old entry
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._verified.add(key)
+        return Entry(key, final, manifest)

@@ -1,0 +1,53 @@
+"""Device and thread selection: one place decides where a case runs and with how many threads."""
+
+from __future__ import annotations
+
+import os
+import re
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class DeviceError(ValueError):
+    pass
+
+
+def available_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def resolve(requested: str, worker_id: str | None = None) -> str:
+    """'auto' picks CUDA when present. Under pytest-xdist, worker gwN gets GPU N mod count."""
+    if not DEVICE_PATTERN.match(requested):
+        raise DeviceError(f"--compresslab-device {requested!r} is not one of: auto, cpu, cuda, cuda:N")
+    import torch
+
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--compresslab-device {requested} requested but torch sees no CUDA device")
+        if requested == "cuda":
+            index = int(worker_id[2:]) % torch.cuda.device_count() if worker_id and worker_id[2:].isdigit() else 0
+            requested = f"cuda:{index}"
+    return requested
+
+
+def pin_threads(threads: int) -> None:
+    """Pin torch's intra-op pool (and children's OpenMP pools) to ``threads``."""
+    if threads < 1:
+        raise DeviceError(f"--compresslab-threads must be >= 1, got {threads}")
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+def describe(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return platform.processor() or platform.machine()

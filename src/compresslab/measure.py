@@ -1,0 +1,138 @@
+"""One case = one model x method chain: build (cached), load, evaluate, and measure size,
+memory and fidelity. Independent of pytest, so the CLI and the plugin share it. Timing is
+not here: the plugin hands the runner's timed call to pytest-benchmark."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compresslab.floors import recovery
+from compresslab.models.runner import TorchRunner, count_params, load_runner
+from compresslab.models.spec import ModelSpec
+from compresslab.pipeline import BuiltArtifact, Pipeline
+from compresslab.tasks.base import Task
+from compresslab.trackers import fidelity, size
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Measurement:
+    model_id: str
+    chain_id: str
+    artifact: BuiltArtifact
+    runner: TorchRunner | None
+    metrics: dict[str, float]
+    reference_logits: torch.Tensor | None = field(repr=False, default=None)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def release(self) -> None:
+        """Drop the loaded model (and with it the memory) once the case is done."""
+        self.runner = None
+        gc.collect()
+
+
+def evaluate_tasks(runner: TorchRunner, tasks: list[Task]) -> tuple[dict[str, float], torch.Tensor | None, dict]:
+    metrics, reference, details = {}, None, {}
+    for task in tasks:
+        started = time.perf_counter()
+        result = task.evaluate(runner)
+        metrics.update(result.metrics)
+        details[task.id] = {**result.details, "eval_s": round(time.perf_counter() - started, 2)}
+        if reference is None:
+            reference = result.reference_logits
+    return metrics, reference, details
+
+
+def measure_memory_subprocess(artifact: Path, base: Path, spec: ModelSpec, device: str, seq_len: int,
+                              threads: int) -> dict[str, Any]:
+    """Peak RSS of a fresh process that loads the artifact and runs one timed-shape inference.
+
+    A separate process is what a deployment pays, and keeps this pass off the timed loop.
+    """
+    command = [sys.executable, "-m", "compresslab.trackers.memory_probe", str(artifact), str(base), spec.id,
+               device, str(seq_len), str(threads)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"memory probe failed for {artifact}: {tail[0]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+class CaseRunner:
+    """Builds and measures cases; keeps each model's baseline of this run for the ratios."""
+
+    def __init__(self, pipeline: Pipeline, tasks: dict[str, Task], device: str, threads: int,
+                 memory: str = "subprocess"):
+        self.pipeline, self.tasks, self.device, self.threads, self.memory = pipeline, tasks, device, threads, memory
+        self._baselines: dict[str, Measurement] = {}
+        self._params: dict[str, int] = {}
+
+    def model_tasks(self, spec: ModelSpec) -> list[Task]:
+        return [self.tasks[name] for name in spec.tasks]
+
+    def check_available(self, spec: ModelSpec) -> None:
+        spec.source.check_available()
+        for task in self.model_tasks(spec):
+            task.check_available()
+
+    def measure(self, spec: ModelSpec, chain_id: str) -> Measurement:
+        artifact = self.pipeline.build(spec, chain_id, self.device)
+        runner = load_runner(artifact.path, artifact.base.payload, spec.kind, self.device)
+        metrics, reference, details = evaluate_tasks(runner, self.model_tasks(spec))
+        measurement = Measurement(spec.id, chain_id, artifact, runner, metrics, reference)
+        measurement.info.update(self._static_info(spec, artifact, details))
+        return measurement
+
+    def _static_info(self, spec: ModelSpec, artifact: BuiltArtifact, details: dict) -> dict[str, Any]:
+        stats = size.measure_dir(artifact.path)
+        info = stats.as_extra_info(self.baseline_params(spec, artifact))
+        info.update({
+            "model": spec.id,
+            "method": artifact.chain_id,
+            "stages": [{"name": s.name, "key": s.key, "built_now": s.built_now, "build_s": s.build_s}
+                       for s in artifact.stages],
+            "build_s": artifact.build_s,
+            "baseline_build_s": artifact.stages[0].build_s,
+            "artifact_key": artifact.entry.key,
+            "task_details": details,
+        })
+        if self.memory == "subprocess":
+            info.update(measure_memory_subprocess(artifact.path, artifact.base.payload, spec, self.device,
+                                                  spec.latency_seq_len, self.threads))
+        return info
+
+    def baseline_params(self, spec: ModelSpec, artifact: BuiltArtifact) -> int:
+        if spec.id not in self._params:
+            self._params[spec.id] = count_params(artifact.base.payload)
+        return self._params[spec.id]
+
+    def baseline(self, spec: ModelSpec, baseline_chain: str) -> Measurement:
+        """The fp32 measurement of this run, measured once per model and kept (without its model)."""
+        if spec.id not in self._baselines:
+            self._baselines[spec.id] = self.measure(spec, baseline_chain)
+        return self._baselines[spec.id]
+
+    @staticmethod
+    def compare(measurement: Measurement, baseline: Measurement) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "baseline_metrics": dict(baseline.metrics),
+            "recovery": {m: recovery(m, v, baseline.metrics[m]) for m, v in measurement.metrics.items()
+                         if m in baseline.metrics},
+            "size_ratio": measurement.info["size_bytes"] / baseline.info["size_bytes"],
+            "baseline_size_bytes": baseline.info["size_bytes"],
+        }
+        if measurement.reference_logits is not None and baseline.reference_logits is not None:
+            info.update(fidelity.compare_logits(baseline.reference_logits, measurement.reference_logits)
+                        .as_extra_info())
+        return info

@@ -1,0 +1,66 @@
+"""The method protocol: a frozen config, declared capabilities, and one verb, ``apply``.
+
+A method reads the previous stage's checkpoint directory and writes its own. It saves right
+after compressing, before any forward pass: CPU kernels of several libraries repack weights
+in place on first use, and a checkpoint saved afterwards reloads wrong or not at all.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+from compresslab.assets import distribution_version
+from compresslab.models.spec import ModelKind
+
+# import name -> distribution name, where they differ
+DISTRIBUTIONS = {"onnxruntime": "onnxruntime", "openvino": "openvino", "gptqmodel": "gptqmodel"}
+
+
+class MethodUnsupported(RuntimeError):
+    """The method cannot run here (missing package or device, unsupported architecture): a skip reason."""
+
+
+@dataclass(frozen=True)
+class StageContext:
+    model_id: str
+    kind: ModelKind
+    device: str
+    base_dir: Path  # the uncompressed baseline (tokenizer, task data hooks)
+
+
+@dataclass(frozen=True)
+class Method:
+    family: ClassVar[str]
+    needs_calibration: ClassVar[bool] = False
+    requires_packages: ClassVar[tuple[str, ...]] = ()
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    kinds: ClassVar[tuple[ModelKind, ...]] = ("classifier", "causal-lm")
+    identity: ClassVar[bool] = False  # True: the stage reuses its input checkpoint unchanged
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "class": type(self).__qualname__,
+            "config": asdict(self),
+            "packages": {name: distribution_version(DISTRIBUTIONS.get(name, name)) for name in self.requires_packages},
+        }
+
+    def describe(self) -> str:
+        values = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
+        return f"{type(self).__name__}({values})"
+
+    def check_supported(self, kind: ModelKind, device: str) -> None:
+        missing = [name for name in self.requires_packages if importlib.util.find_spec(name) is None]
+        if missing:
+            raise MethodUnsupported(f"needs package(s) {', '.join(missing)} (pip install compresslab[gpu] or "
+                                    "requirements/cpu.txt)")
+        device_type = device.split(":")[0]
+        if device_type not in self.devices:
+            raise MethodUnsupported(f"runs on {', '.join(self.devices)}, not on {device}")
+        if kind not in self.kinds:
+            raise MethodUnsupported(f"applies to {', '.join(self.kinds)} models, not {kind}")
+
+    def apply(self, src: Path, out: Path, ctx: StageContext) -> None:
+        raise NotImplementedError

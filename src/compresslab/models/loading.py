@@ -1,0 +1,38 @@
+"""Loading a saved PyTorch checkpoint directory for inference, quietly and on a chosen device."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from compresslab.models.spec import ModelKind
+
+log = logging.getLogger(__name__)
+
+AUTO_CLASSES = {"classifier": AutoModelForSequenceClassification, "causal-lm": AutoModelForCausalLM}
+
+# Weight-loading bars from transformers would bury pytest's output; compresslab shows its own.
+transformers.utils.logging.disable_progress_bar()
+transformers.utils.logging.set_verbosity_error()
+
+
+def auto_class(kind: ModelKind):
+    return AUTO_CLASSES[kind]
+
+
+def load_pretrained(path: Path, kind: ModelKind, device: str = "cpu", **kwargs) -> torch.nn.Module:
+    model = auto_class(kind).from_pretrained(path, **kwargs)
+    if device != "cpu" and not kwargs.get("device_map"):
+        model = model.to(device)
+    return model.eval()
+
+
+def load_tokenizer(path: Path):
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

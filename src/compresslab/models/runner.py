@@ -1,0 +1,62 @@
+"""Inference runners: what tasks and the timer call. Eager PyTorch here; other runtimes add theirs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compresslab.models.loading import load_pretrained, load_tokenizer
+from compresslab.models.spec import ModelKind
+
+
+@dataclass
+class TorchRunner:
+    model: torch.nn.Module
+    tokenizer: Any
+    device: str
+    kind: ModelKind
+
+    def logits(self, inputs: dict[str, torch.Tensor], keep_last: int | None = None) -> torch.Tensor:
+        moved = {name: tensor.to(self.device) for name, tensor in inputs.items()}
+        extra = {}
+        if self.is_causal_lm:
+            # One full forward pass: no KV cache to allocate; optionally skip the output
+            # projection (vocabulary-wide, the costliest matmul) for positions nobody reads.
+            extra["use_cache"] = False
+            if keep_last is not None:
+                extra["logits_to_keep"] = keep_last
+        with torch.inference_mode():
+            return self.model(**moved, **extra).logits
+
+    @property
+    def is_causal_lm(self) -> bool:
+        return self.kind == "causal-lm"
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def load_runner(artifact: Path, base: Path, kind: ModelKind, device: str) -> TorchRunner:
+    """The artifact's model with the baseline's tokenizer (compression never changes the tokenizer)."""
+    model = load_pretrained(artifact, kind, device=device, dtype="auto")
+    return TorchRunner(model, load_tokenizer(base), device, kind)
+
+
+def count_params(path: Path) -> int:
+    """Parameters of an unquantized safetensors checkpoint, read from the file headers only
+    (tied weights are stored once, so they count once, as in ``model.parameters()``)."""
+    from safetensors import safe_open
+
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no .safetensors files in {path}")
+    total = 0
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                total += math.prod(handle.get_slice(name).get_shape())
+    return total

@@ -1,0 +1,129 @@
+"""Chains such as ``distill-half+prune-global-50+int8-dynamic``: stages applied in order, each cached.
+
+Stage keys chain: a stage's key hashes its input stage's key, its own config and the
+versions of the libraries that shape its output. ``distill-half+int8`` therefore reuses the
+cached ``distill-half`` stage, and a change to one stage's config rebuilds it and what follows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from compresslab.assets import distribution_version
+from compresslab.cache import ArtifactCache, Entry, cache_key
+from compresslab.methods.base import Method, StageContext
+from compresslab.models.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+CHAIN_SEPARATOR = "+"
+# What shapes every checkpoint; a method adds its own requires_packages to its stage key.
+CORE_LIBRARIES = ("torch", "transformers", "safetensors")
+ARTIFACT_SCHEMA = 1
+
+
+def parse_chain(chain_id: str, methods: dict[str, Method]) -> tuple[str, ...]:
+    """Split ``a+b+c`` into method ids, rejecting empty or unknown parts with the valid ids."""
+    parts = tuple(part.strip() for part in chain_id.split(CHAIN_SEPARATOR))
+    if not chain_id or any(not part for part in parts):
+        raise ValueError(f"malformed method chain {chain_id!r}: expected ids joined by '{CHAIN_SEPARATOR}'")
+    for part in parts:
+        if part not in methods:
+            raise KeyError(f"unknown method {part!r} in chain {chain_id!r}; valid: {', '.join(sorted(methods))}")
+    return parts
+
+
+def library_versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    return {name: distribution_version(name) for name in names}
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    name: str
+    key: str
+    built_now: bool
+    build_s: float  # seconds the build took when it ran (from the manifest if it was cached)
+
+
+@dataclass
+class BuiltArtifact:
+    model_id: str
+    chain_id: str
+    entry: Entry
+    base: Entry
+    stages: list[StageRecord] = field(default_factory=list)
+
+    @property
+    def path(self) -> Path:
+        return self.entry.payload
+
+    @property
+    def built_now(self) -> bool:
+        return any(stage.built_now for stage in self.stages)
+
+    @property
+    def build_s(self) -> float:
+        """Build time of the compression stages (the baseline build is recorded separately)."""
+        return sum(stage.build_s for stage in self.stages if stage.name != "base")
+
+
+class Pipeline:
+    def __init__(self, cache: ArtifactCache, methods: dict[str, Method], rebuild: bool = False):
+        self.cache = cache
+        self.methods = methods
+        self.rebuild = rebuild
+        self._rebuilt: set[str] = set()  # --rebuild rebuilds each key once per process, not per test
+
+    def _get(self, key: str, build, inputs: dict) -> tuple[Entry, bool]:
+        rebuild = self.rebuild and key not in self._rebuilt
+        entry, built_now = self.cache.get_or_build(key, build, inputs=inputs, rebuild=rebuild)
+        if built_now:
+            self._rebuilt.add(key)
+        return entry, built_now
+
+    def base(self, spec: ModelSpec) -> tuple[Entry, StageRecord]:
+        inputs = {
+            "stage": "base",
+            "model": spec.id,
+            "source": spec.source.fingerprint(),
+            "libraries": library_versions(CORE_LIBRARIES),
+            "schema": ARTIFACT_SCHEMA,
+        }
+        key = cache_key(inputs)
+        started = time.perf_counter()
+        entry, built_now = self._get(key, spec.source.build, inputs)
+        if built_now:
+            log.info("built baseline of %s in %.1fs", spec.id, time.perf_counter() - started)
+        return entry, StageRecord("base", key, built_now, entry.build_s)
+
+    def build(self, spec: ModelSpec, chain_id: str, device: str) -> BuiltArtifact:
+        names = parse_chain(chain_id, self.methods)
+        base, record = self.base(spec)
+        artifact = BuiltArtifact(spec.id, chain_id, base, base, [record])
+        ctx = StageContext(spec.id, spec.kind, device, base.payload)
+        for name in names:
+            method = self.methods[name]
+            method.check_supported(spec.kind, device)
+            if method.identity:
+                continue
+            artifact.entry, stage = self._apply(method, name, artifact.entry, ctx)
+            artifact.stages.append(stage)
+        return artifact
+
+    def _apply(self, method: Method, name: str, source: Entry, ctx: StageContext) -> tuple[Entry, StageRecord]:
+        inputs = {
+            "stage": name,
+            "input": source.key,
+            "method": method.fingerprint(),
+            "device": ctx.device.split(":")[0],
+            "libraries": library_versions(CORE_LIBRARIES),
+            "schema": ARTIFACT_SCHEMA,
+        }
+        key = cache_key(inputs)
+        entry, built_now = self._get(key, lambda out: method.apply(source.payload, out, ctx), inputs)
+        if built_now:
+            log.info("built stage %s of %s in %.1fs", name, ctx.model_id, entry.build_s)
+        return entry, StageRecord(name, key, built_now, entry.build_s)

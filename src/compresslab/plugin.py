@@ -1,0 +1,310 @@
+"""The pytest plugin: options, the ``compressed`` fixture, extra_info, the sidecar results JSON.
+
+Loaded through the ``pytest11`` entry point in every pytest run of an environment where
+compresslab is installed, so this module imports only pytest and the standard library at
+import time; torch and friends load when a compresslab fixture is first used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+log = logging.getLogger("compresslab")
+
+DEFAULT_ROUNDS = 30
+DEFAULT_WARMUP = 5
+RECORDS_KEY = "compresslab_records"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("compresslab", "compresslab: compression benchmarks")
+    group.addoption("--compresslab-cache-dir", default=None,
+                    help="artifact cache (default: $COMPRESSLAB_CACHE_DIR or the user cache dir)")
+    group.addoption("--compresslab-rebuild", action="store_true", help="rebuild every artifact the run uses")
+    group.addoption("--compresslab-floors", default=None, help="floors file (default: floors.toml in rootdir)")
+    group.addoption("--compresslab-results-dir", default=".compresslab",
+                    help="where the sidecar results JSON goes (default: .compresslab)")
+    group.addoption("--compresslab-device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    group.addoption("--compresslab-threads", type=int, default=None,
+                    help="intra-op threads for every runtime (default: all CPUs available to the process)")
+    group.addoption("--compresslab-rounds", type=int, default=DEFAULT_ROUNDS, help="timed rounds per case")
+    group.addoption("--compresslab-warmup", type=int, default=DEFAULT_WARMUP, help="warm-up rounds per case")
+    group.addoption("--compresslab-memory", choices=("subprocess", "off"), default="subprocess",
+                    help="peak-memory pass: a fresh process per artifact (default) or off")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "compresslab(model, method): a compression case")
+    config._compresslab_records = []  # type: ignore[attr-defined]
+
+
+@dataclass
+class Settings:
+    cache_dir: Path
+    rebuild: bool
+    floors_path: Path | None
+    results_dir: Path
+    device: str
+    threads: int
+    rounds: int
+    warmup: int
+    memory: str
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> Settings:
+        from compresslab import device
+
+        option = config.getoption
+        floors = option("--compresslab-floors")
+        default_floors = Path(config.rootpath) / "floors.toml"
+        if floors is None and default_floors.is_file():
+            floors = default_floors
+        results = Path(option("--compresslab-results-dir"))
+        return cls(
+            cache_dir=Path(option("--compresslab-cache-dir") or default_cache_dir()).expanduser(),
+            rebuild=option("--compresslab-rebuild"),
+            floors_path=Path(floors) if floors else None,
+            results_dir=results if results.is_absolute() else Path(config.rootpath) / results,
+            device=device.resolve(option("--compresslab-device"), os.environ.get("PYTEST_XDIST_WORKER")),
+            threads=option("--compresslab-threads") or device.available_cpus(),
+            rounds=option("--compresslab-rounds"),
+            warmup=option("--compresslab-warmup"),
+            memory=option("--compresslab-memory"),
+        )
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("COMPRESSLAB_CACHE_DIR"):
+        return Path(os.environ["COMPRESSLAB_CACHE_DIR"])
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("compresslab"))
+
+
+class Suite:
+    """Per-session state: settings, cache, pipeline, floors, and each model's baseline."""
+
+    def __init__(self, config: pytest.Config):
+        from compresslab import device, floors, registry
+        from compresslab.cache import ArtifactCache
+        from compresslab.measure import CaseRunner
+        from compresslab.pipeline import Pipeline
+
+        self.settings = Settings.from_config(config)
+        device.pin_threads(self.settings.threads)
+        self.registry = registry
+        self.floors = (floors.load(self.settings.floors_path, registry.MODELS, registry.METHODS)
+                       if self.settings.floors_path else floors.FloorBook({}, {}, {}))
+        pipeline = Pipeline(ArtifactCache(self.settings.cache_dir), registry.METHODS, rebuild=self.settings.rebuild)
+        self.cases = CaseRunner(pipeline, registry.TASKS, self.settings.device, self.settings.threads,
+                                memory=self.settings.memory)
+        self._baseline_latency: dict[str, Any] = {}
+
+    def family_of(self) -> dict[str, str]:
+        return {name: method.family for name, method in self.registry.METHODS.items()}
+
+    def baseline_latency(self, spec, baseline) -> Any:
+        from compresslab.trackers import latency
+
+        if spec.id not in self._baseline_latency:
+            inputs = latency_inputs(self.registry.TASKS[spec.tasks[0]], baseline.runner, spec)
+            self._baseline_latency[spec.id] = latency.measure(
+                lambda: baseline.runner.logits(inputs), self.settings.device,
+                rounds=self.settings.rounds, warmup=self.settings.warmup)
+        return self._baseline_latency[spec.id]
+
+
+def latency_inputs(task, runner, spec) -> dict:
+    return task.latency_inputs(runner.tokenizer, spec.latency_seq_len, batch_size=1)
+
+
+@pytest.fixture(scope="session")
+def compresslab_suite(request: pytest.FixtureRequest) -> Suite:
+    from compresslab.floors import FloorsError
+
+    try:
+        return Suite(request.config)
+    except (FloorsError, ValueError) as err:
+        raise pytest.UsageError(str(err)) from None
+
+
+@dataclass
+class Case:
+    """A built, evaluated compression case; the benchmark times it and checks its floors."""
+
+    suite: Suite
+    spec: Any
+    chain_id: str
+    measurement: Any
+    baseline: Any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return f"{self.spec.id}-{self.chain_id}"
+
+    def time(self, benchmark) -> None:
+        """Time one fixed-shape inference with pytest-benchmark; derive percentiles and speedup."""
+        from compresslab.trackers import latency
+
+        runner, settings = self.measurement.runner, self.suite.settings
+        inputs = latency_inputs(self.suite.registry.TASKS[self.spec.tasks[0]], runner, self.spec)
+        sync = latency.synchronizer(settings.device)
+        benchmark.extra_info.update(self.extra)  # recorded even when the timing below fails
+
+        def infer():
+            runner.logits(inputs)
+            sync()
+
+        benchmark.pedantic(infer, rounds=settings.rounds, warmup_rounds=settings.warmup, iterations=1)
+        if benchmark.stats is not None and not getattr(benchmark, "disabled", False):
+            stats = latency.LatencyStats(tuple(benchmark.stats.stats.data))
+            base = self.suite.baseline_latency(self.spec, self.baseline)
+            self.extra.update(stats.as_ms())
+            self.extra["baseline_latency_p50_ms"] = 1e3 * base.median_s
+            self.extra["speedup_vs_baseline"] = base.median_s / stats.median_s
+        self.extra["latency_input_shape"] = list(inputs["input_ids"].shape)
+        benchmark.extra_info.update(self.extra)
+
+    def check_floors(self) -> None:
+        from compresslab import floors
+
+        floor = self.suite.floors.floor_for(self.spec.id, self.chain_id, self.suite.family_of())
+        violations = floors.check(floor, self.measurement.metrics, self.baseline.metrics,
+                                  self.extra.get("size_bytes", 0) / 1e6)
+        self.extra["floors"] = floor.as_dict()
+        self.extra["floor_violations"] = [v.message for v in violations]
+        if violations:
+            lines = "\n".join(f"  - {v.message}" for v in violations)
+            pytest.fail(
+                f"{self.id} is below its floors ({self.suite.floors.source}):\n{lines}\n"
+                f"  measured: {_fmt(self.measurement.metrics)}\n  baseline: {_fmt(self.baseline.metrics)}",
+                pytrace=False,
+            )
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+
+
+def case_params(matrix: dict[str, tuple[str, ...]]) -> list:
+    """pytest params with ids ``<model>-<method>`` so ``-k "smollm2 and int8"`` selects as expected."""
+    return [pytest.param((model_id, chain_id), id=f"{model_id}-{chain_id}")
+            for model_id, chains in matrix.items() for chain_id in chains]
+
+
+@pytest.fixture
+def compressed(request: pytest.FixtureRequest, compresslab_suite: Suite):
+    """Indirect fixture: param ``(model_id, chain_id)``; builds (cached), evaluates, yields a Case."""
+    from compresslab.methods.base import MethodUnsupported
+    from compresslab.models.spec import ModelUnavailable
+
+    model_id, chain_id = request.param
+    suite = compresslab_suite
+    spec = suite.registry.get_model(model_id)
+    request.node._compresslab_case_id = (model_id, chain_id)
+    try:
+        suite.cases.check_available(spec)
+        baseline = suite.cases.baseline(spec, suite.registry.BASELINE_METHOD)
+        is_baseline = chain_id == suite.registry.BASELINE_METHOD
+        measurement = baseline if is_baseline else suite.cases.measure(spec, chain_id)
+    except (ModelUnavailable, MethodUnsupported) as err:
+        pytest.skip(f"{model_id}-{chain_id}: {err}")
+    case = Case(suite, spec, chain_id, measurement, baseline)
+    case.extra.update(run_info(suite))
+    case.extra.update(measurement.info)
+    case.extra.update(suite.cases.compare(measurement, baseline))
+    case.extra["metrics"] = dict(measurement.metrics)
+    request.node._compresslab_case = case
+    yield case
+    if not is_baseline:
+        measurement.release()
+
+
+def run_info(suite: Suite) -> dict[str, Any]:
+    from compresslab import __version__, device
+    from compresslab.pipeline import library_versions
+
+    return {
+        "device": suite.settings.device,
+        "device_name": device.describe(suite.settings.device),
+        "threads": suite.settings.threads,
+        "libraries": {"compresslab": __version__, **library_versions(
+            ("torch", "transformers", "torchao", "pytest-benchmark"))},
+    }
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    case_id = getattr(item, "_compresslab_case_id", None)
+    if case_id is None or not _is_final(report):
+        return
+    case = getattr(item, "_compresslab_case", None)
+    record = {
+        "name": item.name,
+        "fullname": item.nodeid,
+        "model": case_id[0],
+        "method": case_id[1],
+        "outcome": report.outcome,
+        "reason": _reason(report),
+        "extra_info": dict(case.extra) if case else {},
+    }
+    item.config._compresslab_records.append(record)
+
+
+def _is_final(report: pytest.TestReport) -> bool:
+    """The report that decides a test's outcome: the call, or a setup that skipped or failed."""
+    return report.when == "call" or (report.when == "setup" and report.outcome != "passed")
+
+
+def _reason(report: pytest.TestReport) -> str | None:
+    if report.passed:
+        return None
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return report.longrepr[2].removeprefix("Skipped: ")
+    return report.longreprtext.strip().splitlines()[-1] if report.longreprtext else None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """xdist controller: gather each worker's records."""
+    records = getattr(node, "workeroutput", {}).get(RECORDS_KEY, [])
+    node.config._compresslab_records.extend(records)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    records = config._compresslab_records
+    if hasattr(config, "workerinput"):  # xdist worker: hand records to the controller
+        config.workeroutput[RECORDS_KEY] = records
+        return
+    if not records:
+        return
+    from compresslab import results
+
+    results_dir = Path(config.getoption("--compresslab-results-dir"))
+    if not results_dir.is_absolute():
+        results_dir = Path(config.rootpath) / results_dir
+    config._compresslab_sidecar = results.write_sidecar(records, results_dir)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    records = getattr(config, "_compresslab_records", [])
+    if hasattr(config, "workerinput") or not records:
+        return
+    from compresslab import report
+
+    terminalreporter.write_sep("=", "compresslab results")
+    for line in report.render_table(records).splitlines():
+        terminalreporter.write_line(line)
+    sidecar = getattr(config, "_compresslab_sidecar", None)
+    if sidecar:
+        terminalreporter.write_line(f"sidecar: {sidecar}")

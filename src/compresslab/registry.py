@@ -1,0 +1,78 @@
+"""MODELS, TASKS, METHODS: plain dicts, the only place names are bound.
+
+A new method is one entry in METHODS (plus its module, a floors default and its tests).
+"""
+
+from __future__ import annotations
+
+from compresslab.methods.base import Method
+from compresslab.methods.dtype import Baseline, DtypeCast
+from compresslab.methods.torchao_quant import TorchaoQuant
+from compresslab.models.embedded import MiniLMTweetClassifier, SmolLM2FromGGUF
+from compresslab.models.hub import HubModel
+from compresslab.models.spec import ModelSpec
+from compresslab.tasks.base import Task
+from compresslab.tasks.classification import EmotionClassification, TweetSentiment
+from compresslab.tasks.lm import WikiPerplexity, ZeroShotSentiment
+
+TASKS: dict[str, Task] = {
+    "tweet-sentiment": TweetSentiment(),
+    "emotion": EmotionClassification(),
+    "wiki-perplexity": WikiPerplexity(),
+    "tweet-sentiment-zeroshot": ZeroShotSentiment(),
+}
+
+MODELS: dict[str, ModelSpec] = {
+    "minilm-sentiment": ModelSpec(
+        id="minilm-sentiment", kind="classifier", source=MiniLMTweetClassifier(),
+        tasks=("tweet-sentiment",), latency_seq_len=64,
+        description="all-MiniLM-L6-v2 fine-tuned in-project on high-confidence tweets (3-way sentiment)",
+    ),
+    "smollm2-135m": ModelSpec(
+        id="smollm2-135m", kind="causal-lm", source=SmolLM2FromGGUF(),
+        tasks=("wiki-perplexity", "tweet-sentiment-zeroshot"), latency_seq_len=128,
+        description="SmolLM2-135M-Instruct, dequantized from the shipped Q4_1 GGUF to fp32",
+    ),
+    "bert-base-emotion": ModelSpec(
+        id="bert-base-emotion", kind="classifier",
+        source=HubModel("bert-base-emotion", "bhadresh-savani/bert-base-uncased-emotion", "classifier"),
+        tasks=("emotion",), latency_seq_len=64,
+        description="bert-base-uncased fine-tuned on dair-ai/emotion (hub or local path)",
+    ),
+    "tinyllama-1.1b": ModelSpec(
+        id="tinyllama-1.1b", kind="causal-lm",
+        source=HubModel("tinyllama-1.1b", "TinyLlama/TinyLlama-1.1B-Chat-v1.0", "causal-lm"),
+        tasks=("wiki-perplexity", "tweet-sentiment-zeroshot"), latency_seq_len=128,
+        description="TinyLlama-1.1B-Chat-v1.0 (hub or local path)",
+    ),
+}
+
+METHODS: dict[str, Method] = {
+    "fp32": Baseline(),
+    "bf16": DtypeCast(dtype="bfloat16"),
+    "int8-dynamic": TorchaoQuant(scheme="int8-dynamic"),
+    "int8-weight": TorchaoQuant(scheme="int8-weight"),
+}
+
+BASELINE_METHOD = "fp32"
+
+# The default benchmark matrix: every model with every method (chains are added by id).
+DEFAULT_MATRIX: dict[str, tuple[str, ...]] = {
+    model_id: ("fp32", "bf16", "int8-dynamic", "int8-weight") for model_id in MODELS
+}
+
+
+def unknown(kind: str, name: str, valid) -> KeyError:
+    return KeyError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(valid))}")
+
+
+def get_model(model_id: str) -> ModelSpec:
+    if model_id not in MODELS:
+        raise unknown("model", model_id, MODELS)
+    return MODELS[model_id]
+
+
+def get_method(method_id: str) -> Method:
+    if method_id not in METHODS:
+        raise unknown("method", method_id, METHODS)
+    return METHODS[method_id]

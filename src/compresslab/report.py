@@ -1,0 +1,53 @@
+"""Tables of a run's results, readable at a glance in a terminal or a CI log."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+METRIC_LABELS = {"accuracy": "acc", "macro_f1": "F1", "micro_f1": "microF1", "perplexity": "ppl",
+                 "zeroshot_accuracy": "0-shot"}
+COLUMNS = ("model", "method", "result", "metrics", "recovery", "size MB", "size x", "p50 ms", "speedup")
+
+
+def _num(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, fmt)
+
+
+def _metrics(extra: dict[str, Any]) -> str:
+    return "  ".join(f"{METRIC_LABELS.get(k, k)} {v:.4g}" for k, v in extra.get("metrics", {}).items())
+
+
+def _recovery(extra: dict[str, Any]) -> str:
+    recovery = extra.get("recovery") or {}
+    return " ".join(f"{v:.1%}" for v in recovery.values()) if recovery else "-"
+
+
+def row(record: dict[str, Any]) -> tuple[str, ...]:
+    extra = record.get("extra_info", {})
+    result = record.get("outcome", "?")
+    if record.get("reason") and result != "passed":
+        result = f"{result}: {record['reason']}"[:60]
+    ratio = extra.get("size_ratio")
+    return (
+        record.get("model", "?"),
+        record.get("method", "?"),
+        result,
+        _metrics(extra) or "-",
+        _recovery(extra),
+        _num(extra.get("size_bytes", 0) / 1e6 if "size_bytes" in extra else None, ".1f"),
+        _num(1 / ratio if ratio else None, ".2f"),
+        _num(extra.get("latency_p50_ms"), ".2f"),
+        _num(extra.get("speedup_vs_baseline"), ".2f"),
+    )
+
+
+def render_table(records: list[dict[str, Any]]) -> str:
+    """A fixed-width table; "size x" and "speedup" are how many times smaller / faster than fp32."""
+    rows = [COLUMNS, *(row(r) for r in sorted(records, key=lambda r: (r.get("model", ""), r.get("method", ""))))]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

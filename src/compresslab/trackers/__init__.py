@@ -1,0 +1,1 @@
+"""Small, separate measurement modules: latency, memory, size, fidelity."""

@@ -1,0 +1,49 @@
+"""Size of a serialized artifact: real bytes on disk, zstd bytes, bits per parameter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import zstandard
+
+ZSTD_LEVEL = 3
+
+
+@dataclass(frozen=True)
+class SizeStats:
+    size_bytes: int
+    size_zstd_bytes: int
+    n_files: int
+
+    def bits_per_param(self, n_params: int) -> float:
+        if n_params <= 0:
+            raise ValueError(f"parameter count must be positive, got {n_params}")
+        return 8 * self.size_bytes / n_params
+
+    def as_extra_info(self, n_params: int) -> dict[str, float | int]:
+        return {
+            "size_bytes": self.size_bytes,
+            "size_zstd_bytes": self.size_zstd_bytes,
+            "size_mb": self.size_bytes / 1e6,
+            "bits_per_param": self.bits_per_param(n_params),
+        }
+
+
+def zstd_size(path: Path, level: int = ZSTD_LEVEL) -> int:
+    """Compressed size of one file, streamed so large checkpoints never sit in memory twice."""
+    compressor = zstandard.ZstdCompressor(level=level, threads=-1)
+    total = 0
+    with open(path, "rb") as source:
+        reader = compressor.stream_reader(source, size=path.stat().st_size)
+        while chunk := reader.read(1 << 22):
+            total += len(chunk)
+    return total
+
+
+def measure_dir(root: Path) -> SizeStats:
+    files = sorted(p for p in Path(root).rglob("*") if p.is_file())
+    if not files:
+        raise FileNotFoundError(f"no files to measure under {root}")
+    raw = sum(p.stat().st_size for p in files)
+    return SizeStats(size_bytes=raw, size_zstd_bytes=sum(zstd_size(p) for p in files), n_files=len(files))
