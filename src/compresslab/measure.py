@@ -9,6 +9,7 @@ import json
 import logging
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,15 +55,18 @@ def evaluate_tasks(runner: TorchRunner, tasks: list[Task]) -> tuple[dict[str, fl
     return metrics, reference, details
 
 
-def measure_memory_subprocess(artifact: Path, base: Path, spec: ModelSpec, device: str, seq_len: int,
-                              threads: int) -> dict[str, Any]:
+def measure_memory_subprocess(artifact: Path, base: Path, kind: str, device: str,
+                              inputs: dict[str, torch.Tensor], threads: int) -> dict[str, Any]:
     """Peak RSS of a fresh process that loads the artifact and runs one timed-shape inference.
 
     A separate process is what a deployment pays, and keeps this pass off the timed loop.
     """
-    command = [sys.executable, "-m", "compresslab.trackers.memory_probe", str(artifact), str(base), spec.id,
-               device, str(seq_len), str(threads)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
+    with tempfile.TemporaryDirectory(prefix="compresslab-mem-") as tmp:
+        inputs_path = Path(tmp) / "inputs.pt"
+        torch.save(inputs, inputs_path)
+        command = [sys.executable, "-m", "compresslab.trackers.memory_probe", str(artifact), str(base), kind,
+                   device, str(inputs_path), str(threads)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         raise RuntimeError(f"memory probe failed for {artifact}: {tail[0]}")
@@ -91,10 +95,11 @@ class CaseRunner:
         runner = load_runner(artifact.path, artifact.base.payload, spec.kind, self.device)
         metrics, reference, details = evaluate_tasks(runner, self.model_tasks(spec))
         measurement = Measurement(spec.id, chain_id, artifact, runner, metrics, reference)
-        measurement.info.update(self._static_info(spec, artifact, details))
+        measurement.info.update(self._static_info(spec, artifact, runner, details))
         return measurement
 
-    def _static_info(self, spec: ModelSpec, artifact: BuiltArtifact, details: dict) -> dict[str, Any]:
+    def _static_info(self, spec: ModelSpec, artifact: BuiltArtifact, runner: TorchRunner,
+                     details: dict) -> dict[str, Any]:
         stats = size.measure_dir(artifact.path)
         info = stats.as_extra_info(self.baseline_params(spec, artifact))
         info.update({
@@ -108,8 +113,9 @@ class CaseRunner:
             "task_details": details,
         })
         if self.memory == "subprocess":
-            info.update(measure_memory_subprocess(artifact.path, artifact.base.payload, spec, self.device,
-                                                  spec.latency_seq_len, self.threads))
+            inputs = self.tasks[spec.tasks[0]].latency_inputs(runner.tokenizer, spec.latency_seq_len)
+            info.update(measure_memory_subprocess(artifact.path, artifact.base.payload, spec.kind, self.device,
+                                                  inputs, self.threads))
         return info
 
     def baseline_params(self, spec: ModelSpec, artifact: BuiltArtifact) -> int:

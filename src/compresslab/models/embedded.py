@@ -12,7 +12,8 @@ import torch
 
 from compresslab.assets import AssetFile, AssetUnavailable, locate_with_hash
 from compresslab.models.finetune import FinetuneConfig, finetune_classifier
-from compresslab.models.spec import ModelUnavailable
+from compresslab.models.loading import save_tokenizer
+from compresslab.models.spec import RECORDS_DIR, ModelUnavailable
 from compresslab.tasks import tweets
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,9 @@ class MiniLMTweetClassifier:
         )
         record = finetune_classifier(model, tokenizer, splits.train, self.finetune)
         model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        (out / "compresslab_build.json").write_text(json.dumps({"finetune": record}, indent=2))
+        save_tokenizer(tokenizer, out)
+        (out / RECORDS_DIR).mkdir()
+        (out / RECORDS_DIR / "finetune.json").write_text(json.dumps(record, indent=2))
 
 
 @dataclass(frozen=True)
@@ -94,4 +96,4 @@ class SmolLM2FromGGUF:
         model = LlamaForCausalLM(config)
         model.load_state_dict(dequantized.state_dict(), strict=True)
         model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
+        save_tokenizer(tokenizer, out)

@@ -59,8 +59,8 @@ class HubModel:
         return {"source": "hub", "repo": self.repo_id, "revision": self.revision}
 
     def build(self, out: Path) -> None:
-        from compresslab.models.loading import load_pretrained, load_tokenizer
+        from compresslab.models.loading import load_pretrained, load_tokenizer, save_tokenizer
 
         path = self.local_path() or self._resolve_snapshot()
         load_pretrained(path, self.kind, dtype="float32").save_pretrained(out)
-        load_tokenizer(path).save_pretrained(out)
+        save_tokenizer(load_tokenizer(path), out)

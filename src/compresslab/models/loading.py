@@ -9,7 +9,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from compresslab.models.spec import ModelKind
+from compresslab.models.spec import RECORDS_DIR, TOKENIZER_DIR, ModelKind
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,15 @@ def load_pretrained(path: Path, kind: ModelKind, device: str = "cpu", **kwargs) 
     return model.eval()
 
 
+def save_tokenizer(tokenizer, artifact: Path) -> None:
+    tokenizer.save_pretrained(Path(artifact) / TOKENIZER_DIR)
+
+
 def load_tokenizer(path: Path):
+    """The tokenizer of a baseline artifact (its tokenizer/ dir) or of any checkpoint directory."""
+    path = Path(path)
+    if (path / TOKENIZER_DIR).is_dir():
+        path = path / TOKENIZER_DIR
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

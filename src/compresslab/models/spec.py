@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pathlib import Path
-
 ModelKind = Literal["classifier", "causal-lm"]
+
+# A baseline artifact keeps its tokenizer and build records in sub-directories, apart from the
+# model files whose bytes are the artifact's size (see trackers/size.py).
+TOKENIZER_DIR = "tokenizer"
+RECORDS_DIR = "records"
 
 
 class ModelUnavailable(RuntimeError):

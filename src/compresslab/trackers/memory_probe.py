@@ -1,7 +1,7 @@
-"""``python -m compresslab.trackers.memory_probe ARTIFACT BASE MODEL DEVICE SEQ_LEN THREADS``
+"""``python -m compresslab.trackers.memory_probe ARTIFACT BASE KIND DEVICE INPUTS_PT THREADS``
 
-Loads one artifact in a fresh process, runs the timed-shape inference once, prints JSON with
-the process's peak RSS (and CUDA allocator peak). Run by measure.py, never during timing.
+Loads one artifact in a fresh process, runs one inference on the saved inputs, prints JSON
+with the process's peak RSS (and CUDA allocator peak). Run by measure.py, never during timing.
 """
 
 from __future__ import annotations
@@ -15,16 +15,14 @@ import torch
 
 
 def main(argv: list[str]) -> dict[str, float | None]:
-    artifact, base, model_id, device, seq_len, threads = argv
+    artifact, base, kind, device, inputs_path, threads = argv
     torch.set_num_threads(int(threads))
     from compresslab.models.runner import load_runner
-    from compresslab.registry import TASKS, get_model
     from compresslab.trackers.memory import current_rss, measure_peak
 
-    spec = get_model(model_id)
+    inputs = torch.load(inputs_path)
     before_load = current_rss()
-    runner = load_runner(Path(artifact), Path(base), spec.kind, device)
-    inputs = TASKS[spec.tasks[0]].latency_inputs(runner.tokenizer, int(seq_len))
+    runner = load_runner(Path(artifact), Path(base), kind, device)
     stats = measure_peak(lambda: runner.logits(inputs), device=device, rss_before=before_load)
     info = stats.as_extra_info()
     # ru_maxrss (KiB on Linux) also covers load-time peaks the sampler may miss.

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import zstandard
 
+from compresslab.models.spec import RECORDS_DIR, TOKENIZER_DIR
+
 ZSTD_LEVEL = 3
 
 
@@ -41,8 +43,20 @@ def zstd_size(path: Path, level: int = ZSTD_LEVEL) -> int:
     return total
 
 
+# Sub-directories of an artifact that ship beside the model but are not the compressed model:
+# the tokenizer (identical for every method) and build records.
+NOT_MODEL_DIRS = (TOKENIZER_DIR, RECORDS_DIR)
+
+
+def model_files(root: Path) -> list[Path]:
+    root = Path(root)
+    return sorted(p for p in root.rglob("*")
+                  if p.is_file() and p.relative_to(root).parts[0] not in NOT_MODEL_DIRS)
+
+
 def measure_dir(root: Path) -> SizeStats:
-    files = sorted(p for p in Path(root).rglob("*") if p.is_file())
+    """Bytes of the model files of an artifact (everything but NOT_MODEL_DIRS)."""
+    files = model_files(root)
     if not files:
         raise FileNotFoundError(f"no files to measure under {root}")
     raw = sum(p.stat().st_size for p in files)

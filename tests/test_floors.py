@@ -1,0 +1,100 @@
+import math
+
+import pytest
+
+from compresslab import floors, registry
+from compresslab.floors import Floor, FloorsError
+
+FAMILIES = {name: m.family for name, m in registry.METHODS.items()}
+
+
+def load_text(tmp_path, text):
+    path = tmp_path / "floors.toml"
+    path.write_text(text)
+    return floors.load(path, registry.MODELS, registry.METHODS)
+
+
+def test_repository_floors_file_parses_and_covers_every_family():
+    book = floors.load("floors.toml", registry.MODELS, registry.METHODS)
+    assert {m.family for m in registry.METHODS.values()} <= set(book.families)
+
+
+def test_family_default_model_absolute_and_override_combine(tmp_path):
+    book = load_text(tmp_path, """
+[family.int8]
+min_recovery = { accuracy = 0.99 }
+[model.minilm-sentiment]
+min = { accuracy = 0.7 }
+[override.minilm-sentiment.int8-dynamic]
+max_size_mb = 30
+min_recovery = { accuracy = 0.95 }
+""")
+    floor = book.floor_for("minilm-sentiment", "int8-dynamic", FAMILIES)
+    assert floor.min_recovery == {"accuracy": 0.95}
+    assert floor.min == {"accuracy": 0.7}
+    assert floor.max_size_mb == 30
+    assert book.floor_for("minilm-sentiment", "int8-weight", FAMILIES).min_recovery == {"accuracy": 0.99}
+
+
+def test_chain_default_is_loosest_of_its_stages(tmp_path):
+    book = load_text(tmp_path, """
+[family.dtype]
+min_recovery = { accuracy = 0.995 }
+max_increase = { perplexity = 0.01 }
+[family.int8]
+min_recovery = { accuracy = 0.98 }
+max_increase = { perplexity = 0.03 }
+""")
+    floor = book.floor_for("smollm2-135m", "bf16+int8-weight", FAMILIES)
+    assert floor.min_recovery == {"accuracy": 0.98}
+    assert floor.max_increase == {"perplexity": 0.03}
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("[family.int8\n", "not valid TOML"),
+    ("[family.nope]\n", "unknown method family 'nope'; valid: "),
+    ("[model.gpt-5]\n", "unknown model 'gpt-5'; valid: bert-base-emotion"),
+    ("[override.minilm-sentiment.int9]\n", "unknown method 'int9' in chain 'int9'; valid: bf16"),
+    ("[override.minilm-sentiment.\"bf16++int8-dynamic\"]\n", "malformed method chain"),
+    ("[family.int8]\nmin_recovery = { acuracy = 0.9 }\n", "unknown metric 'acuracy'"),
+    ("[family.int8]\nmin_recovery = { accuracy = \"high\" }\n", "must be a number"),
+    ("[family.int8]\nmin_recovery = { accuracy = 99 }\n", "is not a ratio"),
+    ("[family.int8]\nmax_size = 3\n", "unknown key(s) max_size; valid: min_recovery"),
+    ("[family.int8]\nmax_size_mb = -3\n", "max_size_mb must be a positive number"),
+    ("[floors]\n", "unknown section(s) floors"),
+])
+def test_malformed_files_name_file_key_and_valid_values(tmp_path, text, needle):
+    with pytest.raises(FloorsError) as err:
+        load_text(tmp_path, text)
+    assert needle in str(err.value)
+    assert "floors.toml" in str(err.value)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FloorsError, match="does not exist"):
+        floors.load(tmp_path / "absent.toml", registry.MODELS, registry.METHODS)
+
+
+def test_check_reports_each_violation_readably():
+    floor = Floor(min_recovery={"accuracy": 0.99}, max_increase={"perplexity": 0.02},
+                  min={"macro_f1": 0.8}, max={"perplexity": 30.0}, max_size_mb=10)
+    violations = floors.check(floor, {"accuracy": 0.80, "perplexity": 31.0, "macro_f1": 0.7},
+                              {"accuracy": 0.85, "perplexity": 20.0, "macro_f1": 0.8}, size_mb=12.5)
+    rules = {v.rule for v in violations}
+    assert rules == {"min_recovery.accuracy", "max_increase.perplexity", "min.macro_f1", "max.perplexity",
+                     "max_size_mb"}
+    text = " | ".join(v.message for v in violations)
+    assert "accuracy 0.8 < floor 0.8415 (99.0% of baseline 0.85); recovery 94.12%" in text
+    assert "size 12.50 MB > ceiling 10.00 MB" in text
+
+
+def test_check_passes_within_floors():
+    floor = Floor(min_recovery={"accuracy": 0.99}, max_increase={"perplexity": 0.02}, max_size_mb=10)
+    assert floors.check(floor, {"accuracy": 0.845, "perplexity": 20.3}, {"accuracy": 0.85, "perplexity": 20.0},
+                        size_mb=9.9) == []
+
+
+def test_recovery_direction():
+    assert floors.recovery("accuracy", 0.8, 0.9) == pytest.approx(0.8 / 0.9)
+    assert floors.recovery("perplexity", 22.0, 20.0) == pytest.approx(20 / 22)
+    assert math.isnan(floors.recovery("accuracy", 0.5, 0.0))

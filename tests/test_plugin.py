@@ -1,0 +1,120 @@
+"""The plugin end to end through pytester, on tiny models registered for the test."""
+
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from compresslab import registry
+from compresslab.models.spec import ModelSpec, ModelUnavailable
+from tiny import SyntheticSentiment, TinySource
+
+BENCH = """
+import pytest
+from compresslab.plugin import case_params
+
+@pytest.mark.parametrize("compressed", case_params({"tiny-clf": ("fp32", "int8-weight"), "tiny-gone": ("fp32",)}),
+                         indirect=True)
+def test_compression(compressed, benchmark):
+    compressed.time(benchmark)
+    compressed.check_floors()
+"""
+
+FLOORS_OK = """
+[family.int8]
+min_recovery = { accuracy = 0.9 }
+"""
+
+EXTRA_KEYS = {"size_bytes", "size_zstd_bytes", "bits_per_param", "metrics", "baseline_metrics", "recovery",
+              "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "speedup_vs_baseline", "peak_rss_mb",
+              "build_s", "device", "threads", "libraries", "top1_agreement", "kl_div", "size_ratio"}
+
+
+@dataclass(frozen=True)
+class GoneSource(TinySource):
+    def check_available(self) -> None:
+        raise ModelUnavailable("weights for tiny-gone are not here (set COMPRESSLAB_MODEL_PATH_TINY_GONE)")
+
+
+@pytest.fixture
+def suite_dir(pytester, monkeypatch, tmp_path):
+    monkeypatch.setitem(registry.TASKS, "synthetic-sentiment", SyntheticSentiment())
+    monkeypatch.setitem(registry.MODELS, "tiny-clf",
+                        ModelSpec("tiny-clf", "classifier", TinySource(), ("synthetic-sentiment",), "tiny", 16))
+    monkeypatch.setitem(registry.MODELS, "tiny-gone",
+                        ModelSpec("tiny-gone", "classifier", GoneSource(), ("synthetic-sentiment",), "gone", 16))
+    pytester.makepyfile(test_bench=BENCH)
+    pytester.makefile(".toml", floors=FLOORS_OK)
+    return pytester
+
+
+def run(pytester, *args):
+    return pytester.runpytest("-p", "no:cacheprovider", "--compresslab-rounds", "3", "--compresslab-warmup", "1",
+                              *args)
+
+
+def test_records_extra_info_sidecar_and_skips_unavailable(suite_dir):
+    result = run(suite_dir, "--benchmark-json=bench.json", "-rs")
+    result.assert_outcomes(passed=2, skipped=1)
+    result.stdout.fnmatch_lines(["*compresslab results*", "*tiny-clf*int8-weight*passed*",
+                                 "*tiny-gone-fp32: weights for tiny-gone are not here*"])
+    saved = json.loads((suite_dir.path / "bench.json").read_text())
+    by_name = {b["name"]: b for b in saved["benchmarks"]}
+    assert set(by_name) == {"test_compression[tiny-clf-fp32]", "test_compression[tiny-clf-int8-weight]"}
+    extra = by_name["test_compression[tiny-clf-int8-weight]"]["extra_info"]
+    assert EXTRA_KEYS <= set(extra)
+    assert extra["size_ratio"] < 1.0 and extra["bits_per_param"] < 32  # embedding-heavy: torchao leaves it
+    assert 32 <= by_name["test_compression[tiny-clf-fp32]"]["extra_info"]["bits_per_param"] < 32.2
+    assert extra["recovery"]["accuracy"] > 0.9
+    assert by_name["test_compression[tiny-clf-fp32]"]["extra_info"]["size_ratio"] == 1.0
+    sidecar = json.loads((suite_dir.path / ".compresslab" / "latest.json").read_text())
+    outcomes = {b["name"]: b["outcome"] for b in sidecar["benchmarks"]}
+    assert outcomes == {"test_compression[tiny-clf-fp32]": "passed",
+                        "test_compression[tiny-clf-int8-weight]": "passed",
+                        "test_compression[tiny-gone-fp32]": "skipped"}
+
+
+def test_sidecar_written_with_benchmark_disabled(suite_dir):
+    result = run(suite_dir, "--benchmark-disable", "-k", "clf")
+    result.assert_outcomes(passed=2)
+    sidecar = json.loads((suite_dir.path / ".compresslab" / "latest.json").read_text())
+    records = sidecar["benchmarks"]
+    assert len(records) == 2
+    for record in records:
+        extra = record["extra_info"]
+        assert {"size_bytes", "metrics", "recovery", "peak_rss_mb"} <= set(extra)
+        assert "latency_p50_ms" not in extra  # nothing was timed: no latency is invented
+    assert list(suite_dir.path.glob(".benchmarks/**/*.json")) == []  # pytest-benchmark saved nothing
+
+
+def test_floor_violation_fails_with_readable_message(suite_dir):
+    suite_dir.makefile(".toml", floors="""
+[override.tiny-clf.int8-weight]
+min_recovery = { accuracy = 1.5 }
+max_size_mb = 0.001
+""")
+    result = run(suite_dir, "-k", "clf")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "*tiny-clf-int8-weight is below its floors (*floors.toml):",
+        "*- accuracy * < floor * (150.0% of baseline *); recovery *",
+        "*- size * MB > ceiling 0.00 MB",
+        "*measured: accuracy=*, macro_f1=*",
+        "*baseline: accuracy=*",
+    ])
+    sidecar = json.loads((suite_dir.path / ".compresslab" / "latest.json").read_text())
+    failed = [b for b in sidecar["benchmarks"] if b["outcome"] == "failed"]
+    assert len(failed) == 1 and len(failed[0]["extra_info"]["floor_violations"]) == 2
+
+
+def test_malformed_floors_file_is_a_usage_error(suite_dir):
+    suite_dir.makefile(".toml", floors="[override.tiny-clf.int9]\n")
+    result = run(suite_dir, "-k", "clf")
+    assert result.ret != 0
+    assert "unknown method 'int9'" in result.stdout.str() + result.stderr.str()
+
+
+def test_selection_by_model_and_method_keywords(suite_dir):
+    result = run(suite_dir, "--collect-only", "-q", "-k", "clf and int8")
+    result.stdout.fnmatch_lines(["*test_compression[[]tiny-clf-int8-weight[]]*"])
+    assert "tiny-clf-fp32" not in result.stdout.str()
