@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 CHAIN_SEPARATOR = "+"
 # What shapes every checkpoint; a method adds its own requires_packages to its stage key.
 CORE_LIBRARIES = ("torch", "transformers", "safetensors")
-ARTIFACT_SCHEMA = 1
+ARTIFACT_SCHEMA = 2  # 2: tokenizer and records in sub-directories of the baseline
 
 
 def parse_chain(chain_id: str, methods: dict[str, Method]) -> tuple[str, ...]:
