@@ -118,3 +118,23 @@ def test_selection_by_model_and_method_keywords(suite_dir):
     result = run(suite_dir, "--collect-only", "-q", "-k", "clf and int8")
     result.stdout.fnmatch_lines(["*test_compression[[]tiny-clf-int8-weight[]]*"])
     assert "tiny-clf-fp32" not in result.stdout.str()
+
+
+def test_second_run_reuses_builds_and_evaluations_and_says_so(suite_dir):
+    def sidecar():
+        data = json.loads((suite_dir.path / ".compresslab" / "latest.json").read_text())
+        return {b["name"]: b["extra_info"] for b in data["benchmarks"] if b["outcome"] == "passed"}
+
+    run(suite_dir, "-k", "clf", "--compresslab-memory", "off").assert_outcomes(passed=2)
+    first = sidecar()
+    second_run = run(suite_dir, "-k", "clf", "--compresslab-memory", "off")
+    second_run.assert_outcomes(passed=2)
+    second = sidecar()
+    for name, extra in second.items():
+        assert not any(stage["built_now"] for stage in extra["stages"])
+        assert extra["metrics_cached"] and not first[name]["metrics_cached"]
+        assert extra["metrics"] == first[name]["metrics"]
+        assert extra["top1_agreement"] == first[name]["top1_agreement"]
+    second_run.stdout.fnmatch_lines(["*acc 1 * F1 1 *", "* metrics read from the evaluation cache*"])
+    run(suite_dir, "-k", "clf", "--compresslab-memory", "off", "--compresslab-reeval").assert_outcomes(passed=2)
+    assert not any(extra["metrics_cached"] for extra in sidecar().values())

@@ -17,10 +17,11 @@ from typing import Any
 
 import torch
 
+from compresslab.cache import ArtifactCache, cache_key
 from compresslab.floors import recovery
 from compresslab.models.runner import TorchRunner, count_params, load_runner
 from compresslab.models.spec import ModelSpec
-from compresslab.pipeline import BuiltArtifact, Pipeline
+from compresslab.pipeline import BuiltArtifact, Pipeline, library_versions
 from compresslab.tasks.base import Task
 from compresslab.trackers import fidelity, size
 
@@ -43,6 +44,15 @@ class Measurement:
         gc.collect()
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict[str, float]
+    reference_logits: torch.Tensor | None
+    details: dict[str, Any]
+    measured_at: str
+    cached: bool
+
+
 def evaluate_tasks(runner: TorchRunner, tasks: list[Task]) -> tuple[dict[str, float], torch.Tensor | None, dict]:
     metrics, reference, details = {}, None, {}
     for task in tasks:
@@ -53,6 +63,50 @@ def evaluate_tasks(runner: TorchRunner, tasks: list[Task]) -> tuple[dict[str, fl
         if reference is None:
             reference = result.reference_logits
     return metrics, reference, details
+
+
+EVAL_SCHEMA = 1
+EVAL_RESULTS, EVAL_LOGITS = "evaluation.json", "reference_logits.pt"
+
+
+def evaluation_key(artifact_key: str, tasks: list[Task], device: str, threads: int) -> str:
+    """Everything that determines an evaluation's numbers: the artifact's bytes (its key), the
+    task data and settings, the device, the thread count (reduction order), the libraries."""
+    return cache_key({
+        "evaluation": artifact_key,
+        "tasks": [task.fingerprint() for task in tasks],
+        "device": device,
+        "threads": threads,
+        "libraries": library_versions(("torch", "transformers", "torchao", "tokenizers")),
+        "schema": EVAL_SCHEMA,
+    })
+
+
+def cached_evaluation(cache: ArtifactCache, artifact_key: str, runner: TorchRunner, tasks: list[Task],
+                      device: str, threads: int, reeval: bool) -> Evaluation:
+    """Evaluate once per (artifact, data, libraries, device, threads); later runs read the result.
+
+    Inference on fixed bytes, data and library versions is deterministic, so a later run reuses
+    the numbers and says so (``cached``); ``reeval`` re-measures."""
+    fresh: dict[str, Any] = {}
+
+    def evaluate(out: Path) -> None:
+        metrics, reference, details = evaluate_tasks(runner, tasks)
+        measured_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        fresh.update(metrics=metrics, reference=reference, details=details, measured_at=measured_at)
+        (out / EVAL_RESULTS).write_text(json.dumps({"metrics": metrics, "details": details,
+                                                    "measured_at": measured_at}, indent=2))
+        if reference is not None:
+            torch.save(reference.contiguous(), out / EVAL_LOGITS)
+
+    key = evaluation_key(artifact_key, tasks, device, threads)
+    entry, _ = cache.get_or_build(key, evaluate, inputs={"evaluation_of": artifact_key}, rebuild=reeval)
+    if fresh:
+        return Evaluation(fresh["metrics"], fresh["reference"], fresh["details"], fresh["measured_at"], False)
+    saved = json.loads((entry.payload / EVAL_RESULTS).read_text())
+    logits_path = entry.payload / EVAL_LOGITS
+    reference = torch.load(logits_path) if logits_path.exists() else None
+    return Evaluation(saved["metrics"], reference, saved["details"], saved["measured_at"], True)
 
 
 def measure_memory_subprocess(artifact: Path, base: Path, kind: str, device: str,
@@ -77,8 +131,9 @@ class CaseRunner:
     """Builds and measures cases; keeps each model's baseline of this run for the ratios."""
 
     def __init__(self, pipeline: Pipeline, tasks: dict[str, Task], device: str, threads: int,
-                 memory: str = "subprocess"):
+                 memory: str = "subprocess", reeval: bool = False):
         self.pipeline, self.tasks, self.device, self.threads, self.memory = pipeline, tasks, device, threads, memory
+        self.reeval = reeval
         self._baselines: dict[str, Measurement] = {}
         self._params: dict[str, int] = {}
 
@@ -93,9 +148,12 @@ class CaseRunner:
     def measure(self, spec: ModelSpec, chain_id: str) -> Measurement:
         artifact = self.pipeline.build(spec, chain_id, self.device)
         runner = load_runner(artifact.path, artifact.base.payload, spec.kind, self.device)
-        metrics, reference, details = evaluate_tasks(runner, self.model_tasks(spec))
-        measurement = Measurement(spec.id, chain_id, artifact, runner, metrics, reference)
-        measurement.info.update(self._static_info(spec, artifact, runner, details))
+        evaluation = cached_evaluation(self.pipeline.cache, artifact.entry.key, runner, self.model_tasks(spec),
+                                       self.device, self.threads, self.reeval)
+        measurement = Measurement(spec.id, chain_id, artifact, runner, evaluation.metrics,
+                                  evaluation.reference_logits)
+        measurement.info.update(self._static_info(spec, artifact, runner, evaluation.details))
+        measurement.info.update(metrics_cached=evaluation.cached, metrics_measured_at=evaluation.measured_at)
         return measurement
 
     def _static_info(self, spec: ModelSpec, artifact: BuiltArtifact, runner: TorchRunner,

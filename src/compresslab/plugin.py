@@ -37,6 +37,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--compresslab-warmup", type=int, default=DEFAULT_WARMUP, help="warm-up rounds per case")
     group.addoption("--compresslab-memory", choices=("subprocess", "off"), default="subprocess",
                     help="peak-memory pass: a fresh process per artifact (default) or off")
+    group.addoption("--compresslab-reeval", action="store_true",
+                    help="re-measure task metrics even when this artifact's evaluation is cached")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -55,6 +57,7 @@ class Settings:
     rounds: int
     warmup: int
     memory: str
+    reeval: bool
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -76,6 +79,7 @@ class Settings:
             rounds=option("--compresslab-rounds"),
             warmup=option("--compresslab-warmup"),
             memory=option("--compresslab-memory"),
+            reeval=option("--compresslab-reeval") or option("--compresslab-rebuild"),
         )
 
 
@@ -103,7 +107,7 @@ class Suite:
                        if self.settings.floors_path else floors.FloorBook({}, {}, {}))
         pipeline = Pipeline(ArtifactCache(self.settings.cache_dir), registry.METHODS, rebuild=self.settings.rebuild)
         self.cases = CaseRunner(pipeline, registry.TASKS, self.settings.device, self.settings.threads,
-                                memory=self.settings.memory)
+                                memory=self.settings.memory, reeval=self.settings.reeval)
         self._baseline_latency: dict[str, Any] = {}
 
     def family_of(self) -> dict[str, str]:

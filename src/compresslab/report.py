@@ -17,7 +17,8 @@ def _num(value: Any, fmt: str) -> str:
 
 
 def _metrics(extra: dict[str, Any]) -> str:
-    return "  ".join(f"{METRIC_LABELS.get(k, k)} {v:.4g}" for k, v in extra.get("metrics", {}).items())
+    text = "  ".join(f"{METRIC_LABELS.get(k, k)} {v:.4g}" for k, v in extra.get("metrics", {}).items())
+    return f"{text} *" if text and extra.get("metrics_cached") else text
 
 
 def _recovery(extra: dict[str, Any]) -> str:
@@ -50,4 +51,8 @@ def render_table(records: list[dict[str, Any]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    if any(r.get("extra_info", {}).get("metrics_cached") for r in records):
+        lines.append("* metrics read from the evaluation cache: same artifact bytes, data, libraries, device and "
+                     "threads as when measured; --compresslab-reeval re-measures. Size, memory and latency are "
+                     "always measured in this run.")
     return "\n".join(lines)
