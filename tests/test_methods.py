@@ -46,7 +46,8 @@ def probe_inputs():
 
 
 # Error floors per method: SQNR (dB) of the outputs and top-1 agreement with fp32.
-FLOORS = {"bf16": (30.0, 1.0), "int8-weight": (30.0, 1.0), "int8-dynamic": (20.0, 0.9)}
+FLOORS = {"bf16": (30.0, 1.0), "int8-weight": (30.0, 1.0), "int8-dynamic": (20.0, 0.9), "bnb-int8": (20.0, 0.9),
+          "bnb-nf4": (10.0, 0.8), "bnb-nf4-dq": (10.0, 0.8)}
 
 
 @pytest.mark.parametrize("kind", ["classifier", "causal-lm"])

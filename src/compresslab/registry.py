@@ -6,6 +6,7 @@ A new method is one entry in METHODS (plus its module, a floors default and its 
 from __future__ import annotations
 
 from compresslab.methods.base import Method
+from compresslab.methods.bnb import BitsAndBytesQuant
 from compresslab.methods.dtype import Baseline, DtypeCast
 from compresslab.methods.torchao_quant import TorchaoQuant
 from compresslab.models.embedded import MiniLMTweetClassifier, SmolLM2FromGGUF
@@ -52,13 +53,16 @@ METHODS: dict[str, Method] = {
     "bf16": DtypeCast(dtype="bfloat16"),
     "int8-dynamic": TorchaoQuant(scheme="int8-dynamic"),
     "int8-weight": TorchaoQuant(scheme="int8-weight"),
+    "bnb-int8": BitsAndBytesQuant(bits=8),
+    "bnb-nf4": BitsAndBytesQuant(bits=4, quant_type="nf4"),
+    "bnb-nf4-dq": BitsAndBytesQuant(bits=4, quant_type="nf4", double_quant=True),
 }
 
 BASELINE_METHOD = "fp32"
 
 # The default benchmark matrix: every model with every method (chains are added by id).
 DEFAULT_MATRIX: dict[str, tuple[str, ...]] = {
-    model_id: ("fp32", "bf16", "int8-dynamic", "int8-weight") for model_id in MODELS
+    model_id: ("fp32", "bf16", "int8-dynamic", "int8-weight", "bnb-int8", "bnb-nf4") for model_id in MODELS
 }
 
 

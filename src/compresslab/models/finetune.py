@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    max_steps: int = 300
+    max_steps: int = 250
     batch_size: int = 32
     learning_rate: float = 1e-4
     warmup_fraction: float = 0.06

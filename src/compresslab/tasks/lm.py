@@ -102,23 +102,15 @@ class ZeroShotSentiment:
         return {"task": self.id, "data": _require(tweets.load_splits).fingerprint(), "prompt": ZERO_SHOT_PROMPT,
                 "n_examples": self.n_examples}
 
-    def _sequences(self, tokenizer) -> tuple[list[list[int]], list[int]]:
-        """Token ids of every (prompt + label) pair, and how many trailing tokens are the label."""
-        label_ids = [tokenizer(" " + name, add_special_tokens=False)["input_ids"] for name in tweets.LABELS]
-        sequences, label_lengths = [], []
-        for example in tweets.load_splits().test[: self.n_examples]:
-            prompt = tokenizer(ZERO_SHOT_PROMPT.format(text=example.text), add_special_tokens=False)["input_ids"]
-            for ids in label_ids:
-                sequences.append(prompt + ids)
-                label_lengths.append(len(ids))
-        return sequences, label_lengths
+    def _prompts(self, tokenizer) -> list[list[int]]:
+        return [tokenizer(ZERO_SHOT_PROMPT.format(text=e.text), add_special_tokens=False)["input_ids"]
+                for e in tweets.load_splits().test[: self.n_examples]]
 
-    def _label_logprobs(self, runner: Runner, sequences, label_lengths) -> torch.Tensor:
-        """Sum of label-token log-probs. Left padding puts every label at the end, so only the
-        last few positions need the (vocabulary-wide, expensive) output projection."""
+    def _forward_last(self, runner: Runner, sequences: list[list[int]], keep: int) -> torch.Tensor:
+        """Log-probs at the last ``keep`` positions of each sequence, batched with left padding
+        so only those positions pay for the (vocabulary-wide, expensive) output projection."""
         pad = runner.tokenizer.pad_token_id
-        keep = max(label_lengths) + 1
-        scores = []
+        chunks = []
         for start in range(0, len(sequences), self.batch_size):
             batch = sequences[start : start + self.batch_size]
             width = max(map(len, batch))
@@ -127,21 +119,32 @@ class ZeroShotSentiment:
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             logits = runner.logits({"input_ids": ids, "attention_mask": mask, "position_ids": positions},
                                    keep_last=keep)
-            logprobs = F.log_softmax(logits.float().cpu(), -1)  # [batch, keep, vocab]
-            for row, seq in enumerate(batch):
-                n = label_lengths[start + row]
-                # logits at position p predict token p+1: the n label tokens are predicted by the
-                # n positions just before the last one of the sequence.
-                predictors = torch.arange(keep - n - 1, keep - 1)
-                scores.append(logprobs[row, predictors, torch.tensor(seq[-n:])].sum().item())
-        return torch.tensor(scores).view(-1, len(tweets.LABELS))
+            chunks.append(F.log_softmax(logits.float().cpu(), -1))
+        return torch.cat(chunks)
+
+    def label_scores(self, runner: Runner) -> torch.Tensor:
+        """[examples, labels] summed log-likelihood of each label's tokens after the prompt."""
+        labels = [runner.tokenizer(" " + name, add_special_tokens=False)["input_ids"] for name in tweets.LABELS]
+        prompts = self._prompts(runner.tokenizer)
+        if all(len(ids) == 1 for ids in labels):
+            # One forward per prompt: every label is read off the same next-token distribution.
+            logprobs = self._forward_last(runner, prompts, keep=1)[:, -1]
+            return logprobs[:, [ids[0] for ids in labels]]
+        # Multi-token labels: a forward per (prompt, label); position p predicts token p + 1.
+        keep = max(map(len, labels))
+        sequences = [prompt + ids[:-1] for prompt in prompts for ids in labels]
+        logprobs = self._forward_last(runner, sequences, keep=keep)
+        scores = [logprobs[row, keep - len(ids):, ids].diagonal().sum()
+                  for row, ids in enumerate(labels * len(prompts))]
+        return torch.stack(scores).view(len(prompts), len(labels))
 
     def evaluate(self, runner: Runner) -> TaskResult:
-        sequences, label_lengths = self._sequences(runner.tokenizer)
-        scores = self._label_logprobs(runner, sequences, label_lengths)
+        scores = self.label_scores(runner)
         target = torch.tensor([e.label for e in tweets.load_splits().test[: self.n_examples]])
-        accuracy = metrics.accuracy(scores.argmax(-1), target)
-        return TaskResult({"zeroshot_accuracy": accuracy}, reference_logits=scores)
+        predictions = scores.argmax(-1)
+        share = torch.bincount(predictions, minlength=len(tweets.LABELS)).float() / len(predictions)
+        return TaskResult({"zeroshot_accuracy": metrics.accuracy(predictions, target)}, reference_logits=scores,
+                          details={"predicted_label_share": dict(zip(tweets.LABELS, share.tolist()))})
 
     def latency_inputs(self, tokenizer, seq_len: int, batch_size: int = 1) -> dict[str, torch.Tensor]:
         return WikiPerplexity().latency_inputs(tokenizer, seq_len, batch_size)
