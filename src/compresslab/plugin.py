@@ -117,15 +117,11 @@ class Suite:
         from compresslab.trackers import latency
 
         if spec.id not in self._baseline_latency:
-            inputs = latency_inputs(self.registry.TASKS[spec.tasks[0]], baseline.runner, spec)
+            inputs = self.cases.timed_inputs(spec, baseline.runner)
             self._baseline_latency[spec.id] = latency.measure(
                 lambda: baseline.runner.logits(inputs), self.settings.device,
                 rounds=self.settings.rounds, warmup=self.settings.warmup)
         return self._baseline_latency[spec.id]
-
-
-def latency_inputs(task, runner, spec) -> dict:
-    return task.latency_inputs(runner.tokenizer, spec.latency_seq_len, batch_size=1)
 
 
 @pytest.fixture(scope="session")
@@ -158,7 +154,7 @@ class Case:
         from compresslab.trackers import latency
 
         runner, settings = self.measurement.runner, self.suite.settings
-        inputs = latency_inputs(self.suite.registry.TASKS[self.spec.tasks[0]], runner, self.spec)
+        inputs = self.suite.cases.timed_inputs(self.spec, runner)
         sync = latency.synchronizer(settings.device)
         benchmark.extra_info.update(self.extra)  # recorded even when the timing below fails
 
@@ -258,7 +254,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         "model": case_id[0],
         "method": case_id[1],
         "outcome": report.outcome,
-        "reason": _reason(report),
+        "reason": "; ".join(case.extra.get("floor_violations", [])) if case and report.failed and
+                  case.extra.get("floor_violations") else _reason(report),
         "extra_info": dict(case.extra) if case else {},
     }
     item.config._compresslab_records.append(record)
