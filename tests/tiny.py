@@ -59,11 +59,11 @@ def tiny_bert_classifier(train_steps: int = 30, seed: int = 0):
     return model.eval()
 
 
-def tiny_llama(train_steps: int = 20, seed: int = 0):
+def tiny_llama(train_steps: int = 20, seed: int = 0, hidden_size: int = 64):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=tokenizer().vocab_size, hidden_size=64, intermediate_size=128,
+    config = LlamaConfig(vocab_size=tokenizer().vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=256, tie_word_embeddings=True,
                          pad_token_id=tokenizer().pad_token_id)

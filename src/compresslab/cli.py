@@ -59,7 +59,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     spec = registry.get_model(args.model)
     spec.source.check_available()
     pipeline = Pipeline(ArtifactCache(Path(args.cache_dir or default_cache_dir())), registry.METHODS,
-                        rebuild=args.rebuild)
+                        rebuild=args.rebuild, tasks=registry.TASKS)
     artifact = pipeline.build(spec, args.method, resolved)
     for stage in artifact.stages:
         state = "built" if stage.built_now else "cached"

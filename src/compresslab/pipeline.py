@@ -71,9 +71,11 @@ class BuiltArtifact:
 
 
 class Pipeline:
-    def __init__(self, cache: ArtifactCache, methods: dict[str, Method], rebuild: bool = False):
+    def __init__(self, cache: ArtifactCache, methods: dict[str, Method], rebuild: bool = False,
+                 tasks: dict | None = None):
         self.cache = cache
         self.methods = methods
+        self.tasks = tasks or {}
         self.rebuild = rebuild
         self._rebuilt: set[str] = set()  # --rebuild rebuilds each key once per process, not per test
 
@@ -103,18 +105,23 @@ class Pipeline:
         names = parse_chain(chain_id, self.methods)
         base, record = self.base(spec)
         artifact = BuiltArtifact(spec.id, chain_id, base, base, [record])
-        ctx = StageContext(spec.id, spec.kind, device, base.payload)
+        calibration_task = self.tasks.get(spec.tasks[0])
+        ctx = StageContext(spec.id, spec.kind, device, base.payload,
+                           getattr(calibration_task, "calibration_texts", None))
         for name in names:
             method = self.methods[name]
             method.check_supported(spec.kind, device)
             if method.identity:
                 continue
-            artifact.entry, stage = self._apply(method, name, artifact.entry, ctx)
+            artifact.entry, stage = self._apply(method, name, artifact.entry, ctx, calibration_task)
             artifact.stages.append(stage)
         return artifact
 
-    def _apply(self, method: Method, name: str, source: Entry, ctx: StageContext) -> tuple[Entry, StageRecord]:
+    def _apply(self, method: Method, name: str, source: Entry, ctx: StageContext,
+               calibration_task) -> tuple[Entry, StageRecord]:
         inputs = {
+            # calibration data shapes the artifact: its source hash and selection enter the key
+            "calibration": calibration_task.fingerprint() if method.needs_calibration and calibration_task else None,
             "stage": name,
             "input": source.key,
             "method": method.fingerprint(),

@@ -98,14 +98,17 @@ class Suite:
         from compresslab import device, floors, registry
         from compresslab.cache import ArtifactCache
         from compresslab.measure import CaseRunner
+        from compresslab.methods.gptq import cpu_workers_default
         from compresslab.pipeline import Pipeline
 
         self.settings = Settings.from_config(config)
         device.pin_threads(self.settings.threads)
+        cpu_workers_default(self.settings.threads)
         self.registry = registry
         self.floors = (floors.load(self.settings.floors_path, registry.MODELS, registry.METHODS)
                        if self.settings.floors_path else floors.FloorBook({}, {}, {}))
-        pipeline = Pipeline(ArtifactCache(self.settings.cache_dir), registry.METHODS, rebuild=self.settings.rebuild)
+        pipeline = Pipeline(ArtifactCache(self.settings.cache_dir), registry.METHODS, rebuild=self.settings.rebuild,
+                            tasks=registry.TASKS)
         self.cases = CaseRunner(pipeline, registry.TASKS, self.settings.device, self.settings.threads,
                                 memory=self.settings.memory, reeval=self.settings.reeval)
         self._baseline_latency: dict[str, Any] = {}

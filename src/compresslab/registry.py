@@ -8,6 +8,7 @@ from __future__ import annotations
 from compresslab.methods.base import Method
 from compresslab.methods.bnb import BitsAndBytesQuant
 from compresslab.methods.dtype import Baseline, DtypeCast
+from compresslab.methods.gptq import AWQ, GPTQ
 from compresslab.methods.torchao_quant import TorchaoQuant
 from compresslab.models.embedded import MiniLMTweetClassifier, SmolLM2FromGGUF
 from compresslab.models.hub import HubModel
@@ -56,13 +57,17 @@ METHODS: dict[str, Method] = {
     "bnb-int8": BitsAndBytesQuant(bits=8),
     "bnb-nf4": BitsAndBytesQuant(bits=4, quant_type="nf4"),
     "bnb-nf4-dq": BitsAndBytesQuant(bits=4, quant_type="nf4", double_quant=True),
+    "gptq-w4g128": GPTQ(bits=4, group_size=128),
+    "gptq-w8g128": GPTQ(bits=8, group_size=128),
+    "awq-w4g128": AWQ(bits=4, group_size=128),
 }
 
 BASELINE_METHOD = "fp32"
 
 # The default benchmark matrix: every model with every method (chains are added by id).
 DEFAULT_MATRIX: dict[str, tuple[str, ...]] = {
-    model_id: ("fp32", "bf16", "int8-dynamic", "int8-weight", "bnb-int8", "bnb-nf4") for model_id in MODELS
+    model_id: ("fp32", "bf16", "int8-dynamic", "int8-weight", "bnb-int8", "bnb-nf4", "gptq-w4g128", "awq-w4g128")
+    for model_id in MODELS
 }
 
 

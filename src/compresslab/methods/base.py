@@ -8,6 +8,7 @@ in place on first use, and a checkpoint saved afterwards reloads wrong or not at
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,7 +29,14 @@ class StageContext:
     model_id: str
     kind: ModelKind
     device: str
-    base_dir: Path  # the uncompressed baseline (tokenizer, task data hooks)
+    base_dir: Path  # the uncompressed baseline (its tokenizer/ dir)
+    # n -> the first n calibration texts of the model's first task's training split (never its test data)
+    calibration: Callable[[int], list[str]] | None = None
+
+    def calibration_texts(self, n: int) -> list[str]:
+        if self.calibration is None:
+            raise MethodUnsupported(f"{self.model_id}: its task provides no calibration data")
+        return self.calibration(n)
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,9 @@ class TweetSentiment:
     def latency_inputs(self, tokenizer, seq_len: int, batch_size: int = 1) -> dict[str, torch.Tensor]:
         return fixed_length_inputs(tokenizer, [e.text for e in tweets.load_splits().test], seq_len, batch_size)
 
+    def calibration_texts(self, n: int) -> list[str]:
+        return [e.text for e in tweets.load_splits().train[:n]]
+
 
 EMOTION_DATASET = "dair-ai/emotion"
 EMOTION_LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")

@@ -36,6 +36,9 @@ def _held_out_ids(tokenizer, n_tokens: int) -> torch.Tensor:
     return _HELD_OUT_IDS[key]
 
 
+CALIBRATION_CHARS = 2000  # about 450 SmolLM2 tokens of English prose
+
+
 @dataclass(frozen=True)
 class WikiPerplexity:
     """Perplexity over a fixed token budget of held-out Wikipedia text, in fixed non-overlapping windows."""
@@ -76,6 +79,14 @@ class WikiPerplexity:
     def latency_inputs(self, tokenizer, seq_len: int, batch_size: int = 1) -> dict[str, torch.Tensor]:
         ids = self.windows(tokenizer)[:batch_size, :seq_len]
         return {"input_ids": ids.clone(), "attention_mask": torch.ones_like(ids)}
+
+    def calibration_texts(self, n: int, chars: int = CALIBRATION_CHARS) -> list[str]:
+        """n chunks of training-part articles (disjoint from the held-out perplexity text)."""
+        chunks = [article[start : start + chars] for article in _require(wiki.load_wiki).train
+                  for start in range(0, len(article) - chars + 1, chars)]
+        if len(chunks) < n:
+            raise ValueError(f"only {len(chunks)} calibration chunks of {chars} characters, {n} requested")
+        return chunks[:n]
 
 
 ZERO_SHOT_PROMPT = (
