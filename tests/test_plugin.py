@@ -4,6 +4,9 @@ import json
 from dataclasses import dataclass
 
 import pytest
+# Import before pytester's in-process runs: they drop modules first imported inside them, and
+# re-importing torchao registers its torch ops twice, which torch refuses.
+import torchao.quantization  # noqa: F401
 
 from compresslab import registry
 from compresslab.models.spec import ModelSpec, ModelUnavailable
@@ -67,6 +70,10 @@ def test_records_extra_info_sidecar_and_skips_unavailable(suite_dir):
     assert 32 <= by_name["test_compression[tiny-clf-fp32]"]["extra_info"]["bits_per_param"] < 32.2
     assert extra["recovery"]["accuracy"] > 0.9
     assert by_name["test_compression[tiny-clf-fp32]"]["extra_info"]["size_ratio"] == 1.0
+    # the baseline's own samples are the reference for its model's speedups
+    base_extra = by_name["test_compression[tiny-clf-fp32]"]["extra_info"]
+    assert base_extra["speedup_vs_baseline"] == 1.0
+    assert extra["baseline_latency_p50_ms"] == base_extra["latency_p50_ms"]
     sidecar = json.loads((suite_dir.path / ".compresslab" / "latest.json").read_text())
     outcomes = {b["name"]: b["outcome"] for b in sidecar["benchmarks"]}
     assert outcomes == {"test_compression[tiny-clf-fp32]": "passed",
