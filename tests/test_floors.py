@@ -54,7 +54,7 @@ max_increase = { perplexity = 0.03 }
     ("[family.int8\n", "not valid TOML"),
     ("[family.nope]\n", "unknown method family 'nope'; valid: "),
     ("[model.gpt-5]\n", "unknown model 'gpt-5'; valid: bert-base-emotion"),
-    ("[override.minilm-sentiment.int9]\n", "unknown method 'int9' in chain 'int9'; valid: awq-w4g128, bf16, bnb-int8"),
+    ("[override.minilm-sentiment.int9]\n", "unknown method 'int9' in chain 'int9'; valid: awq-w4g128, awq-w4g64, bf16"),
     ("[override.minilm-sentiment.\"bf16++int8-dynamic\"]\n", "malformed method chain"),
     ("[family.int8]\nmin_recovery = { acuracy = 0.9 }\n", "unknown metric 'acuracy'"),
     ("[family.int8]\nmin_recovery = { accuracy = \"high\" }\n", "must be a number"),

@@ -52,3 +52,20 @@ def test_gptq_rejects_classifiers_and_bad_configs(tiny_lm):
         GPTQ(bits=5)
     with pytest.raises(ValueError, match="group_size must be -1 or >= 16"):
         AWQ(group_size=4)
+
+
+def test_awq_group_that_does_not_divide_the_layers_is_a_skip_reason(tiny_lm):
+    # gptqmodel would kill the whole process mid-run (os._exit in its worker); refuse up front
+    with pytest.raises(MethodUnsupported, match=r"divisible by group_size 48 \(hidden_size=128, intermediate_size=256\)"):
+        AWQ(group_size=48).check_shapes(tiny_lm)
+    GPTQ(group_size=48).check_shapes(tiny_lm)  # GPTQ quantizes partial groups; its CPU reload pins torch kernels
+
+
+def test_a_crashing_quantizer_child_is_a_readable_error(tmp_path):
+    import sys
+
+    from compresslab.methods.gptq import _run_child
+
+    crash = "import sys, os; print('ValueError: bad shape', file=sys.stderr); sys.stderr.flush(); os._exit(1)"
+    with pytest.raises(RuntimeError, match=r"gptq quantization of tiny failed \(exit code 1\).*\n  ValueError: bad shape"):
+        _run_child([sys.executable, "-c", crash], "gptq quantization of tiny", cwd=str(tmp_path))

@@ -26,7 +26,7 @@ def test_registry_is_consistent():
 def test_unknown_ids_list_the_valid_ones():
     with pytest.raises(KeyError, match="unknown model 'gpt2'; valid: bert-base-emotion, minilm-sentiment"):
         registry.get_model("gpt2")
-    with pytest.raises(KeyError, match="unknown method 'int3'; valid: awq-w4g128, bf16, bnb-int8"):
+    with pytest.raises(KeyError, match="unknown method 'int3'; valid: awq-w4g128, awq-w4g64, bf16"):
         registry.get_method("int3")
 
 

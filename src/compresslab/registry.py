@@ -9,7 +9,9 @@ from compresslab.methods.base import Method
 from compresslab.methods.bnb import BitsAndBytesQuant
 from compresslab.methods.dtype import Baseline, DtypeCast
 from compresslab.methods.gptq import AWQ, GPTQ
+from compresslab.methods.int4_weight import Int4WeightOnly
 from compresslab.methods.torchao_quant import TorchaoQuant
+from compresslab.methods.torchao_static import TorchaoStaticInt8
 from compresslab.models.embedded import MiniLMTweetClassifier, SmolLM2FromGGUF
 from compresslab.models.hub import HubModel
 from compresslab.models.spec import ModelSpec
@@ -54,19 +56,23 @@ METHODS: dict[str, Method] = {
     "bf16": DtypeCast(dtype="bfloat16"),
     "int8-dynamic": TorchaoQuant(scheme="int8-dynamic"),
     "int8-weight": TorchaoQuant(scheme="int8-weight"),
+    "int8-static": TorchaoStaticInt8(),
     "bnb-int8": BitsAndBytesQuant(bits=8),
     "bnb-nf4": BitsAndBytesQuant(bits=4, quant_type="nf4"),
     "bnb-nf4-dq": BitsAndBytesQuant(bits=4, quant_type="nf4", double_quant=True),
     "gptq-w4g128": GPTQ(bits=4, group_size=128),
     "gptq-w8g128": GPTQ(bits=8, group_size=128),
     "awq-w4g128": AWQ(bits=4, group_size=128),
+    "awq-w4g64": AWQ(bits=4, group_size=64),  # SmolLM2's 576-wide layers: gptqmodel AWQ needs 576 % group == 0
+    "int4-weight": Int4WeightOnly(group_size=128),
 }
 
 BASELINE_METHOD = "fp32"
 
 # The default benchmark matrix: every model with every method (chains are added by id).
 DEFAULT_MATRIX: dict[str, tuple[str, ...]] = {
-    model_id: ("fp32", "bf16", "int8-dynamic", "int8-weight", "bnb-int8", "bnb-nf4", "gptq-w4g128", "awq-w4g128")
+    model_id: ("fp32", "bf16", "int8-dynamic", "int8-weight", "int8-static", "int4-weight", "bnb-int8", "bnb-nf4",
+               "gptq-w4g128", "awq-w4g128", "awq-w4g64")
     for model_id in MODELS
 }
 

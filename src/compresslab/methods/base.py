@@ -17,7 +17,8 @@ from compresslab.assets import distribution_version
 from compresslab.models.spec import ModelKind
 
 # import name -> distribution name, where they differ
-DISTRIBUTIONS = {"onnxruntime": "onnxruntime", "openvino": "openvino", "gptqmodel": "gptqmodel"}
+DISTRIBUTIONS = {"onnxruntime": "onnxruntime", "openvino": "openvino", "gptqmodel": "gptqmodel",
+                 "optimum.quanto": "optimum-quanto"}
 
 
 class MethodUnsupported(RuntimeError):
@@ -37,6 +38,13 @@ class StageContext:
         if self.calibration is None:
             raise MethodUnsupported(f"{self.model_id}: its task provides no calibration data")
         return self.calibration(n)
+
+
+def is_installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a dotted name whose parent package is missing
+        return False
 
 
 @dataclass(frozen=True)
@@ -60,7 +68,7 @@ class Method:
         return f"{type(self).__name__}({values})"
 
     def check_supported(self, kind: ModelKind, device: str) -> None:
-        missing = [name for name in self.requires_packages if importlib.util.find_spec(name) is None]
+        missing = [name for name in self.requires_packages if not is_installed(name)]
         if missing:
             raise MethodUnsupported(f"needs package(s) {', '.join(missing)} (pip install compresslab[gpu] or "
                                     "requirements/cpu.txt)")

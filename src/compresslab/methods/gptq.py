@@ -1,22 +1,32 @@
 """GPTQ and AWQ weight-only quantization through gptqmodel (auto-gptq and autoawq are dead upstream).
 
 The saved checkpoint is a real 4-bit (or 8-bit) GPTQ/AWQ checkpoint; transformers reloads it
-through its gptqmodel integration, the path a user would take. On CPU, quantization runs in
-bfloat16 with the torch kernels (GPTQ_TORCH / AWQ_TORCH); on CUDA gptqmodel picks its kernels.
+through its gptqmodel integration, the path a user would take (models/loading.py pins the torch
+kernels on CPU). On CPU, quantization runs in bfloat16 with the torch kernels (GPTQ_TORCH /
+AWQ_TORCH); on CUDA gptqmodel picks its kernels.
+
+Quantization runs in a child process: on any error in a worker thread gptqmodel prints the
+traceback and calls os._exit(1), which would end the whole pytest session with no summary. In a
+child, the error becomes this stage's failure, with the child's last lines in its message.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import json
 import os
+import pickle
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from compresslab.methods.base import Method, StageContext
+from compresslab.methods.base import Method, MethodUnsupported, StageContext
 from compresslab.models.loading import load_tokenizer
 from compresslab.models.spec import TOKENIZER_DIR
 
@@ -68,19 +78,66 @@ class GPTQModelQuant(Method):
             rows.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
         return rows
 
+    def check_shapes(self, src: Path) -> None:
+        """Refuse, as a skip with the reason, what gptqmodel would reject mid-run (it has no clean error path)."""
+        if self.group_size == -1:
+            return
+        config = json.loads((Path(src) / "config.json").read_text())
+        dims = {name: config.get(name) for name in ("hidden_size", "intermediate_size")}
+        bad = {name: dim for name, dim in dims.items() if isinstance(dim, int) and dim % self.group_size}
+        if bad and self.algorithm == "awq":
+            shown = ", ".join(f"{name}={dim}" for name, dim in bad.items())
+            raise MethodUnsupported(f"gptqmodel AWQ needs in_features divisible by group_size {self.group_size} "
+                                    f"({shown}); use a group size that divides them")
+
     def apply(self, src: Path, out: Path, ctx: StageContext) -> None:
+        import torch
+
+        self.check_shapes(src)
+        job = {"method": self, "src": str(src), "out": str(out), "tokenizer": str(ctx.base_dir),
+               "device": ctx.device, "threads": torch.get_num_threads(), "calibration": self.calibration(ctx)}
+        with tempfile.TemporaryDirectory(prefix=".gptq-job-", dir=out.parent) as tmp:
+            job_file = Path(tmp) / "job.pkl"
+            job_file.write_bytes(pickle.dumps(job))
+            _run_child([sys.executable, "-m", "compresslab.methods.gptq", str(job_file)],
+                       f"{self.algorithm} quantization of {ctx.model_id}", cwd=tmp)
+
+    def quantize_here(self, src: Path, out: Path, tokenizer_base: Path, device: str,
+                      calibration: list[dict[str, list[int]]]) -> None:
+        """The gptqmodel run itself (in the child process)."""
         import torch
         from gptqmodel import GPTQModel
 
-        cpu_workers_default(torch.get_num_threads())
-        backend = self.backend(ctx.device)
-        with _source_with_tokenizer(src, ctx.base_dir / TOKENIZER_DIR, out.parent) as staged:
+        backend = self.backend(device)
+        with _source_with_tokenizer(src, tokenizer_base / TOKENIZER_DIR, out.parent) as staged:
             model = GPTQModel.load(str(staged), self.quantize_config(), dtype=torch.bfloat16,
-                                   device=ctx.device, backend=backend)
-            model.quantize(self.calibration(ctx), batch_size=1, tokenizer=load_tokenizer(ctx.base_dir),
-                           backend=backend)
+                                   device=device, backend=backend)
+            model.quantize(calibration, batch_size=1, tokenizer=load_tokenizer(tokenizer_base), backend=backend)
             model.save(str(out))  # before any forward pass (see methods/base.py)
         _move_tokenizer_files(out)
+
+
+def _run_child(command: list[str], what: str, cwd: str) -> None:
+    """Run command, passing its stderr through live; on failure raise with its last lines."""
+    tail: collections.deque[str] = collections.deque(maxlen=12)
+    # cwd: gptqmodel writes a logs/ folder into the working directory; keep it out of the user's tree
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, errors="replace", cwd=cwd) as child:
+        for line in child.stderr:
+            sys.stderr.write(line)
+            if line.strip():
+                tail.append(line.rstrip())
+    if child.returncode != 0:
+        raise RuntimeError(f"{what} failed (exit code {child.returncode}); its last output:\n  " + "\n  ".join(tail))
+
+
+def _child_main(job_file: str) -> None:
+    import torch
+
+    job = pickle.loads(Path(job_file).read_bytes())
+    torch.set_num_threads(job["threads"])
+    cpu_workers_default(job["threads"])
+    job["method"].quantize_here(Path(job["src"]), Path(job["out"]), Path(job["tokenizer"]), job["device"],
+                                job["calibration"])
 
 
 @contextlib.contextmanager
@@ -135,3 +192,7 @@ class AWQ(GPTQModelQuant):
 
         return QuantizeConfig(bits=self.bits, group_size=self.group_size, sym=self.sym,
                               method=METHOD.AWQ, format=FORMAT.GEMM)
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1])

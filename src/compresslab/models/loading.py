@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -24,11 +25,58 @@ def auto_class(kind: ModelKind):
     return AUTO_CLASSES[kind]
 
 
+QUANTO_QMAP = "quanto_qmap.json"  # optimum-quanto's quantization map, beside its safetensors
+
+
 def load_pretrained(path: Path, kind: ModelKind, device: str = "cpu", **kwargs) -> torch.nn.Module:
-    model = auto_class(kind).from_pretrained(path, **kwargs)
+    """A checkpoint directory as a model in eval mode, whichever format a method saved it in."""
+    path = Path(path)
+    if (path / QUANTO_QMAP).is_file():
+        # transformers cannot load quanto checkpoints; quanto's loader rebuilds the packed modules
+        model = quanto_class(kind).from_pretrained(str(path))._wrapped
+    else:
+        method = _quant_method(path)
+        if method == "torchao":
+            from compresslab.methods.torchao_static import enable_static_int8_reload
+
+            enable_static_int8_reload()  # static int8 checkpoints carry scales transformers' loader skips
+        if method in CPU_KERNELS and not device.startswith("cuda") and "quantization_config" not in kwargs:
+            kwargs["quantization_config"] = _cpu_kernel_config(path, method)
+        model = auto_class(kind).from_pretrained(path, **kwargs)
     if device != "cpu" and not kwargs.get("device_map"):
         model = model.to(device)
     return model.eval()
+
+
+# gptqmodel's auto-selected CPU kernels (torch int4pack) need in_features divisible by the group
+# size, which SmolLM2 (576) is not for 128; its plain torch kernels take any shape.
+CPU_KERNELS = {"gptq": "gptq_torch", "awq": "torch_awq"}
+
+
+def _cpu_kernel_config(path: Path, method: str):
+    from transformers import AwqConfig, GPTQConfig
+
+    saved = json.loads((path / "config.json").read_text())["quantization_config"]
+    config_class = GPTQConfig if method == "gptq" else AwqConfig
+    return config_class(bits=saved.get("bits", 4), group_size=saved.get("group_size", 128), backend=CPU_KERNELS[method])
+
+
+def quanto_class(kind: ModelKind):
+    """optimum-quanto's wrapper for this kind (it ships one for causal LMs only)."""
+    from optimum.quanto import QuantizedModelForCausalLM, QuantizedTransformersModel
+
+    if kind == "causal-lm":
+        return QuantizedModelForCausalLM
+    return type("QuantizedModelForSequenceClassification", (QuantizedTransformersModel,),
+                {"auto_class": AutoModelForSequenceClassification})
+
+
+def _quant_method(path: Path) -> str | None:
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return (config.get("quantization_config") or {}).get("quant_method")
 
 
 def save_tokenizer(tokenizer, artifact: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from compresslab.models.loading import load_pretrained, load_tokenizer
+from compresslab.models.loading import QUANTO_QMAP, load_pretrained, load_tokenizer
 from compresslab.models.spec import ModelKind
 
 
@@ -19,6 +19,9 @@ class TorchRunner:
     tokenizer: Any
     device: str
     kind: ModelKind
+    # optimum-quanto's packed weights fail under inference_mode ("Cannot set version_counter for
+    # inference tensor"); no_grad is the same computation without that fast path.
+    inference_mode: bool = True
 
     def logits(self, inputs: dict[str, torch.Tensor], keep_last: int | None = None) -> torch.Tensor:
         moved = {name: tensor.to(self.device) for name, tensor in inputs.items()}
@@ -29,7 +32,7 @@ class TorchRunner:
             extra["use_cache"] = False
             if keep_last is not None:
                 extra["logits_to_keep"] = keep_last
-        with torch.inference_mode():
+        with torch.inference_mode() if self.inference_mode else torch.no_grad():
             return self.model(**moved, **extra).logits
 
     @property
@@ -43,7 +46,8 @@ class TorchRunner:
 def load_runner(artifact: Path, base: Path, kind: ModelKind, device: str) -> TorchRunner:
     """The artifact's model with the baseline's tokenizer (compression never changes the tokenizer)."""
     model = load_pretrained(artifact, kind, device=device, dtype="auto")
-    return TorchRunner(model, load_tokenizer(base), device, kind)
+    return TorchRunner(model, load_tokenizer(base), device, kind,
+                       inference_mode=not (Path(artifact) / QUANTO_QMAP).is_file())
 
 
 def count_params(path: Path) -> int:

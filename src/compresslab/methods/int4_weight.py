@@ -1,0 +1,72 @@
+"""4-bit weight-only quantization that is saved and reloaded: optimum-quanto on CPU, torchao int4 on CUDA.
+
+torchao's int4 layouts cannot be saved on CPU here (see ../shared/DESIGN.md), so the CPU route is
+optimum-quanto's qint4 (group-wise, packed two per byte in safetensors, with a quantization map
+beside the weights); models/loading.py reloads such a checkpoint through quanto's own loader. On
+CUDA the artifact is torchao's Int4WeightOnlyConfig through transformers' TorchAoConfig, whose
+tinygemm kernels make it fast there. The device is part of every cache key, so the two never mix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from compresslab.methods.base import Method, MethodUnsupported, StageContext
+from compresslab.models.loading import QUANTO_QMAP, load_pretrained, quanto_class
+
+GROUP_SIZES = (32, 64, 128)
+QUANTO_GROUP_SIZE = 128  # fixed by optimum-quanto for qint4 (smaller only where in_features needs it)
+# The task head stays in full precision: it is tiny, and a 4-bit head costs most of the accuracy.
+KEEP_FULL_PRECISION = {"classifier": ("classifier",), "causal-lm": ("lm_head",)}
+
+
+@dataclass(frozen=True)
+class Int4WeightOnly(Method):
+    group_size: int = 128
+    # dtype of what stays unquantized (embeddings, head, norms) and of the scales: bf16 halves the
+    # embedding, which is most of a small model's bytes once its Linears are 4-bit
+    dtype: str = "bfloat16"
+    family: ClassVar[str] = "int4"
+    requires_packages: ClassVar[tuple[str, ...]] = ("optimum.quanto", "torchao")
+
+    def __post_init__(self) -> None:
+        if self.group_size not in GROUP_SIZES:
+            raise ValueError(f"Int4WeightOnly.group_size must be one of {', '.join(map(str, GROUP_SIZES))}, "
+                             f"got {self.group_size}")
+        if self.dtype not in ("bfloat16", "float16", "float32"):
+            raise ValueError(f"Int4WeightOnly.dtype must be bfloat16, float16 or float32, got {self.dtype!r}")
+
+    def check_supported(self, kind, device: str) -> None:
+        super().check_supported(kind, device)
+        if not device.startswith("cuda") and self.group_size != QUANTO_GROUP_SIZE:
+            raise MethodUnsupported(f"on {device} int4 goes through optimum-quanto, whose group size is "
+                                    f"{QUANTO_GROUP_SIZE}, not {self.group_size}")
+
+    def apply(self, src: Path, out: Path, ctx: StageContext) -> None:
+        if ctx.device.startswith("cuda"):
+            self._apply_torchao(src, out, ctx)
+        else:
+            self._apply_quanto(src, out, ctx)
+
+    def _apply_quanto(self, src: Path, out: Path, ctx: StageContext) -> None:
+        from optimum.quanto import qint4
+
+        model = load_pretrained(src, ctx.kind, dtype=getattr(torch, self.dtype))
+        quantized = quanto_class(ctx.kind).quantize(model, weights=qint4, exclude=list(KEEP_FULL_PRECISION[ctx.kind]))
+        quantized.save_pretrained(out)  # before any forward pass (see methods/base.py)
+        if not (out / QUANTO_QMAP).is_file():
+            raise RuntimeError(f"optimum-quanto wrote no {QUANTO_QMAP} to {out}: the checkpoint could not be reloaded")
+
+    def _apply_torchao(self, src: Path, out: Path, ctx: StageContext) -> None:
+        from torchao.quantization import Int4WeightOnlyConfig
+        from transformers import TorchAoConfig
+
+        config = TorchAoConfig(Int4WeightOnlyConfig(group_size=self.group_size),
+                               modules_to_not_convert=list(KEEP_FULL_PRECISION[ctx.kind]))
+        model = load_pretrained(src, ctx.kind, dtype=getattr(torch, self.dtype), quantization_config=config,
+                                device_map=ctx.device)
+        model.save_pretrained(out)
