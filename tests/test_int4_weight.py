@@ -1,5 +1,7 @@
 """4-bit weight-only (optimum-quanto on CPU): a packed checkpoint that reloads to exactly what was quantized."""
 
+import math
+
 import pytest
 import torch
 
@@ -29,14 +31,18 @@ def stored_dtypes(path) -> dict[str, tuple[str, list[int]]]:
 
 
 def test_classifier_reloads_packed_and_keeps_accuracy(tmp_path_factory):
-    fp32 = tiny_bert_classifier(train_steps=40)
+    # 128 wide: group size 128 on bf16 selects quanto's tinygemm kernel, the path real models take
+    fp32 = tiny_bert_classifier(train_steps=40, hidden_size=128)
     src, out = build(tmp_path_factory, fp32, "classifier")
     assert (out / QUANTO_QMAP).is_file()
     stored = stored_dtypes(out)
-    # an encoder Linear (64 x 64) is stored packed: two 4-bit values per uint8, plus scales
-    assert stored["bert.encoder.layer.0.attention.self.query.weight._data._data"] == ("U8", [32, 64])
+    # an encoder Linear (128 x 128) is stored packed: two 4-bit values per uint8, plus group scales
+    packed = {name: spec for name, spec in stored.items() if name.startswith("bert.encoder.layer.0.attention.self.query.weight")}
+    assert packed and all(dtype in ("U8", "I32", "BF16") for dtype, _ in packed.values()), packed
+    assert sum(math.prod(shape) * (1 if dtype == "U8" else 4 if dtype == "I32" else 2)
+               for dtype, shape in packed.values()) < 128 * 128 * 2 * 0.35  # < 0.35x of bf16 incl. scales
     assert "bert.encoder.layer.0.attention.self.query.weight" not in stored
-    assert stored["classifier.weight"] == ("BF16", [2, 64])  # the head stays unquantized (bf16 by default)
+    assert stored["classifier.weight"] == ("BF16", [2, 128])  # the head stays unquantized
     examples = synthetic_examples(64, seed=999)
     inputs = dict(tokenizer()([e.text for e in examples], padding=True, return_tensors="pt"))
     labels = torch.tensor([e.label for e in examples])

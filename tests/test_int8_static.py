@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from compresslab import registry
-from compresslab.methods.base import StageContext
+from compresslab.methods.base import MethodUnsupported, StageContext
 from compresslab.methods.torchao_static import TorchaoStaticInt8, quantizable_linears
 from compresslab.models.runner import TorchRunner, load_runner
 from compresslab.trackers.fidelity import compare_logits
@@ -46,6 +46,9 @@ def test_registered():
     method = registry.METHODS["int8-static"]
     assert isinstance(method, TorchaoStaticInt8) and method.needs_calibration and method.family == "int8"
     assert (method.calibration_samples, method.calibration_tokens) == (128, 128)
+    with pytest.raises(MethodUnsupported, match="wreck decoder LMs"):
+        method.check_supported("causal-lm", "cpu")
+    method.check_supported("classifier", "cpu")
 
 
 @pytest.mark.parametrize("field, value", [("calibration_samples", 0), ("calibration_tokens", 4),

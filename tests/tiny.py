@@ -40,12 +40,12 @@ def synthetic_examples(n: int, seed: int) -> list[Example]:
     return out
 
 
-def tiny_bert_classifier(train_steps: int = 30, seed: int = 0):
+def tiny_bert_classifier(train_steps: int = 30, seed: int = 0, hidden_size: int = 64):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=tokenizer().vocab_size, hidden_size=64, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=128, max_position_embeddings=128, num_labels=2)
+    config = BertConfig(vocab_size=tokenizer().vocab_size, hidden_size=hidden_size, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=2 * hidden_size, max_position_embeddings=128, num_labels=2)
     model = BertForSequenceClassification(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     data = synthetic_examples(32 * train_steps, seed)

@@ -28,7 +28,8 @@ KEEP_FULL_PRECISION = {"classifier": ("classifier",), "causal-lm": ("lm_head",)}
 class Int4WeightOnly(Method):
     group_size: int = 128
     # dtype of what stays unquantized (embeddings, head, norms) and of the scales: bf16 halves the
-    # embedding, which is most of a small model's bytes once its Linears are 4-bit
+    # embedding, most of a small model's bytes once its Linears are 4-bit, and selects quanto's
+    # tinygemm int4 kernels on CPU (see models/loading.py for the one fix they need)
     dtype: str = "bfloat16"
     family: ClassVar[str] = "int4"
     requires_packages: ClassVar[tuple[str, ...]] = ("optimum.quanto", "torchao")
@@ -39,6 +40,9 @@ class Int4WeightOnly(Method):
                              f"got {self.group_size}")
         if self.dtype not in ("bfloat16", "float16", "float32"):
             raise ValueError(f"Int4WeightOnly.dtype must be bfloat16, float16 or float32, got {self.dtype!r}")
+
+    def torch_dtype(self, kind) -> torch.dtype:
+        return getattr(torch, self.dtype)
 
     def check_supported(self, kind, device: str) -> None:
         super().check_supported(kind, device)
@@ -55,7 +59,7 @@ class Int4WeightOnly(Method):
     def _apply_quanto(self, src: Path, out: Path, ctx: StageContext) -> None:
         from optimum.quanto import qint4
 
-        model = load_pretrained(src, ctx.kind, dtype=getattr(torch, self.dtype))
+        model = load_pretrained(src, ctx.kind, dtype=self.torch_dtype(ctx.kind))
         quantized = quanto_class(ctx.kind).quantize(model, weights=qint4, exclude=list(KEEP_FULL_PRECISION[ctx.kind]))
         quantized.save_pretrained(out)  # before any forward pass (see methods/base.py)
         if not (out / QUANTO_QMAP).is_file():
@@ -67,6 +71,6 @@ class Int4WeightOnly(Method):
 
         config = TorchAoConfig(Int4WeightOnlyConfig(group_size=self.group_size),
                                modules_to_not_convert=list(KEEP_FULL_PRECISION[ctx.kind]))
-        model = load_pretrained(src, ctx.kind, dtype=getattr(torch, self.dtype), quantization_config=config,
+        model = load_pretrained(src, ctx.kind, dtype=self.torch_dtype(ctx.kind), quantization_config=config,
                                 device_map=ctx.device)
         model.save_pretrained(out)

@@ -33,7 +33,7 @@ def load_pretrained(path: Path, kind: ModelKind, device: str = "cpu", **kwargs) 
     path = Path(path)
     if (path / QUANTO_QMAP).is_file():
         # transformers cannot load quanto checkpoints; quanto's loader rebuilds the packed modules
-        model = quanto_class(kind).from_pretrained(str(path))._wrapped
+        model = _contiguous_qlinear_inputs(quanto_class(kind).from_pretrained(str(path))._wrapped)
     else:
         method = _quant_method(path)
         if method == "torchao":
@@ -59,6 +59,17 @@ def _cpu_kernel_config(path: Path, method: str):
     saved = json.loads((path / "config.json").read_text())["quantization_config"]
     config_class = GPTQConfig if method == "gptq" else AwqConfig
     return config_class(bits=saved.get("bits", 4), group_size=saved.get("group_size", 128), backend=CPU_KERNELS[method])
+
+
+def _contiguous_qlinear_inputs(model: torch.nn.Module) -> torch.nn.Module:
+    """quanto's bf16 int4 CPU kernel (torch._weight_int4pack_mm_for_cpu) rejects a non-contiguous
+    input ("expect A to be contiguous"), which BERT attention hands its output projection."""
+    from optimum.quanto.nn import QLinear
+
+    for module in model.modules():
+        if isinstance(module, QLinear):
+            module.register_forward_pre_hook(lambda _, args: (args[0].contiguous(), *args[1:]))
+    return model
 
 
 def quanto_class(kind: ModelKind):
