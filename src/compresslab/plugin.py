@@ -7,6 +7,8 @@ import time; torch and friends load when a compresslab fixture is first used.
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import os
 from dataclasses import dataclass, field
@@ -218,9 +220,10 @@ def compressed(request: pytest.FixtureRequest, compresslab_suite: Suite):
     request.node._compresslab_case_id = (model_id, chain_id)
     try:
         suite.cases.check_available(spec)
-        baseline = suite.cases.baseline(spec, suite.registry.BASELINE_METHOD)
-        is_baseline = chain_id == suite.registry.BASELINE_METHOD
-        measurement = baseline if is_baseline else suite.cases.measure(spec, chain_id)
+        with live_output(request.config):
+            baseline = suite.cases.baseline(spec, suite.registry.BASELINE_METHOD)
+            is_baseline = chain_id == suite.registry.BASELINE_METHOD
+            measurement = baseline if is_baseline else suite.cases.measure(spec, chain_id)
     except (ModelUnavailable, MethodUnsupported) as err:
         pytest.skip(f"{model_id}-{chain_id}: {err}")
     case = Case(suite, spec, chain_id, measurement, baseline)
@@ -232,6 +235,18 @@ def compressed(request: pytest.FixtureRequest, compresslab_suite: Suite):
     yield case
     if not is_baseline:
         measurement.release()
+
+
+@contextlib.contextmanager
+def live_output(config: pytest.Config):
+    """Builds and evaluations take minutes the first time: their progress bars go to the terminal,
+    not into pytest's capture (shown only on failure). Cached cases print nothing."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    if capman is None:
+        yield
+        return
+    with capman.global_and_fixture_disabled():
+        yield
 
 
 def run_info(suite: Suite) -> dict[str, Any]:

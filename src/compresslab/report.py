@@ -45,9 +45,14 @@ def row(record: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
+BASELINE_ROW = "fp32"  # registry.BASELINE_METHOD; not imported, so reports load without torch
+
+
 def render_table(records: list[dict[str, Any]]) -> str:
     """A fixed-width table; "size x" and "speedup" are how many times smaller / faster than fp32."""
-    rows = [COLUMNS, *(row(r) for r in sorted(records, key=lambda r: (r.get("model", ""), r.get("method", ""))))]
+    # grouped by model, its baseline first, then the methods in the order the run measured them
+    ordered = sorted(records, key=lambda r: (r.get("model", ""), r.get("method") != BASELINE_ROW))
+    rows = [COLUMNS, *(row(r) for r in ordered)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
