@@ -31,7 +31,6 @@ def stored_dtypes(path) -> dict[str, tuple[str, list[int]]]:
 
 
 def test_classifier_reloads_packed_and_keeps_accuracy(tmp_path_factory):
-    # 128 wide: group size 128 on bf16 selects quanto's tinygemm kernel, the path real models take
     fp32 = tiny_bert_classifier(train_steps=40, hidden_size=128)
     src, out = build(tmp_path_factory, fp32, "classifier")
     assert (out / QUANTO_QMAP).is_file()
@@ -74,3 +73,18 @@ def test_registered_and_validated():
         Int4WeightOnly(group_size=100)
     with pytest.raises(MethodUnsupported, match="optimum-quanto, whose group size is 128, not 64"):
         Int4WeightOnly(group_size=64).check_supported("causal-lm", "cpu")
+
+
+def test_reloaded_int4_linears_accept_non_contiguous_inputs(tmp_path_factory):
+    # quanto's bf16 int4pack CPU kernel rejects a non-contiguous input ("expect A to be contiguous");
+    # real MiniLM attention produces one. load_pretrained makes QLinear inputs contiguous.
+    from optimum.quanto.nn import QLinear
+
+    # wider than 128: quanto groups by 128 only then, and bf16 groups of 128 select the int4pack kernel
+    _, out = build(tmp_path_factory, tiny_bert_classifier(train_steps=1, hidden_size=256), "classifier")
+    linear = next(m for m in load_pretrained(out, "classifier").modules() if isinstance(m, QLinear))
+    assert type(linear.weight).__name__ == "TinyGemmWeightQBitsTensor"
+    columns = torch.randn(linear.in_features, 8, dtype=torch.bfloat16).t()  # (8, in) with strides (1, 8)
+    assert not columns.is_contiguous()
+    with torch.no_grad():
+        torch.testing.assert_close(linear(columns), linear(columns.contiguous()))
