@@ -71,3 +71,13 @@ def test_tweet_splits_are_stratified_seeded_and_disjoint():
     torch.testing.assert_close(share(splits.test), share(splits.train), atol=0.01, rtol=0)
     examples = [Example(str(i), i % 3) for i in range(90)]
     assert stratified_split(examples, (9, 9), 1) == stratified_split(examples, (9, 9), 1)
+
+
+def test_minilm_baseline_head_is_seeded():
+    # the fine-tune starts from a new classification head: it must be the same every build
+    from compresslab.models.embedded import MiniLMTweetClassifier
+
+    source = MiniLMTweetClassifier()
+    first, second = source.initial_model(), source.initial_model()
+    assert torch.equal(first.classifier.weight, second.classifier.weight)
+    assert first.classifier.weight.shape == (3, 384)

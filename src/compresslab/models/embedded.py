@@ -48,21 +48,29 @@ class MiniLMTweetClassifier:
             "weights_sha256": _require(MINILM_WEIGHTS)[1],
             "data": tweets.load_splits().fingerprint(),
             "finetune": self.finetune.fingerprint(),
+            "head_init": "seeded",  # earlier builds drew the new head from an unseeded generator
         }
 
-    def build(self, out: Path) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    def initial_model(self):
+        """The pre-trained encoder with a new 3-way head, drawn from the fine-tune's seed (a
+        seeded head makes the baseline reproducible, not only cached)."""
+        from transformers import AutoModelForSequenceClassification
 
-        model_dir = _require(MINILM_WEIGHTS)[0].parent
-        splits = tweets.load_splits()
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_dir,
+        torch.manual_seed(self.finetune.seed)
+        return AutoModelForSequenceClassification.from_pretrained(
+            _require(MINILM_WEIGHTS)[0].parent,
             num_labels=len(tweets.LABELS),
             id2label=dict(enumerate(tweets.LABELS)),
             label2id={name: i for i, name in enumerate(tweets.LABELS)},
             dtype=torch.float32,
         )
+
+    def build(self, out: Path) -> None:
+        from transformers import AutoTokenizer
+
+        splits = tweets.load_splits()
+        tokenizer = AutoTokenizer.from_pretrained(_require(MINILM_WEIGHTS)[0].parent)
+        model = self.initial_model()
         record = finetune_classifier(model, tokenizer, splits.train, self.finetune)
         model.save_pretrained(out)
         save_tokenizer(tokenizer, out)
