@@ -8,7 +8,6 @@ import time; torch and friends load when a compresslab fixture is first used.
 from __future__ import annotations
 
 import contextlib
-
 import logging
 import os
 from dataclasses import dataclass, field

@@ -80,15 +80,6 @@ class GPTQModelQuant(Method):
 
     def check_shapes(self, src: Path) -> None:
         """Refuse, as a skip with the reason, what gptqmodel would reject mid-run (it has no clean error path)."""
-        if self.group_size == -1:
-            return
-        config = json.loads((Path(src) / "config.json").read_text())
-        dims = {name: config.get(name) for name in ("hidden_size", "intermediate_size")}
-        bad = {name: dim for name, dim in dims.items() if isinstance(dim, int) and dim % self.group_size}
-        if bad and self.algorithm == "awq":
-            shown = ", ".join(f"{name}={dim}" for name, dim in bad.items())
-            raise MethodUnsupported(f"gptqmodel AWQ needs in_features divisible by group_size {self.group_size} "
-                                    f"({shown}); use a group size that divides them")
 
     def apply(self, src: Path, out: Path, ctx: StageContext) -> None:
         import torch
@@ -185,6 +176,18 @@ class GPTQ(GPTQModelQuant):
 class AWQ(GPTQModelQuant):
     family: ClassVar[str] = "awq"
     algorithm: ClassVar[str] = "awq"
+
+    def check_shapes(self, src: Path) -> None:
+        """gptqmodel's AWQ needs every layer width divisible by the group size (GPTQ takes partial groups)."""
+        if self.group_size == -1:
+            return
+        config = json.loads((Path(src) / "config.json").read_text())
+        dims = {name: config.get(name) for name in ("hidden_size", "intermediate_size")}
+        bad = {name: dim for name, dim in dims.items() if isinstance(dim, int) and dim % self.group_size}
+        if bad:
+            shown = ", ".join(f"{name}={dim}" for name, dim in bad.items())
+            raise MethodUnsupported(f"gptqmodel AWQ needs in_features divisible by group_size {self.group_size} "
+                                    f"({shown}); use a group size that divides them")
 
     def quantize_config(self):
         from gptqmodel import QuantizeConfig

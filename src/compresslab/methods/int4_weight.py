@@ -41,7 +41,8 @@ class Int4WeightOnly(Method):
         if self.dtype not in ("bfloat16", "float16", "float32"):
             raise ValueError(f"Int4WeightOnly.dtype must be bfloat16, float16 or float32, got {self.dtype!r}")
 
-    def torch_dtype(self, kind) -> torch.dtype:
+    @property
+    def torch_dtype(self) -> torch.dtype:
         return getattr(torch, self.dtype)
 
     def check_supported(self, kind, device: str) -> None:
@@ -59,7 +60,7 @@ class Int4WeightOnly(Method):
     def _apply_quanto(self, src: Path, out: Path, ctx: StageContext) -> None:
         from optimum.quanto import qint4
 
-        model = load_pretrained(src, ctx.kind, dtype=self.torch_dtype(ctx.kind))
+        model = load_pretrained(src, ctx.kind, dtype=self.torch_dtype)
         quantized = quanto_class(ctx.kind).quantize(model, weights=qint4, exclude=list(KEEP_FULL_PRECISION[ctx.kind]))
         quantized.save_pretrained(out)  # before any forward pass (see methods/base.py)
         if not (out / QUANTO_QMAP).is_file():
@@ -71,6 +72,6 @@ class Int4WeightOnly(Method):
 
         config = TorchAoConfig(Int4WeightOnlyConfig(group_size=self.group_size),
                                modules_to_not_convert=list(KEEP_FULL_PRECISION[ctx.kind]))
-        model = load_pretrained(src, ctx.kind, dtype=self.torch_dtype(ctx.kind), quantization_config=config,
+        model = load_pretrained(src, ctx.kind, dtype=self.torch_dtype, quantization_config=config,
                                 device_map=ctx.device)
         model.save_pretrained(out)

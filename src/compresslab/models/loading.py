@@ -35,13 +35,14 @@ def load_pretrained(path: Path, kind: ModelKind, device: str = "cpu", **kwargs) 
         # transformers cannot load quanto checkpoints; quanto's loader rebuilds the packed modules
         model = _contiguous_qlinear_inputs(quanto_class(kind).from_pretrained(str(path))._wrapped)
     else:
-        method = _quant_method(path)
+        saved = _saved_quantization_config(path)
+        method = saved.get("quant_method")
         if method == "torchao":
             from compresslab.methods.torchao_static import enable_static_int8_reload
 
             enable_static_int8_reload()  # static int8 checkpoints carry scales transformers' loader skips
         if method in CPU_KERNELS and not device.startswith("cuda") and "quantization_config" not in kwargs:
-            kwargs["quantization_config"] = _cpu_kernel_config(path, method)
+            kwargs["quantization_config"] = _cpu_kernel_config(saved, method)
         model = auto_class(kind).from_pretrained(path, **kwargs)
     if device != "cpu" and not kwargs.get("device_map"):
         model = model.to(device)
@@ -53,10 +54,9 @@ def load_pretrained(path: Path, kind: ModelKind, device: str = "cpu", **kwargs) 
 CPU_KERNELS = {"gptq": "gptq_torch", "awq": "torch_awq"}
 
 
-def _cpu_kernel_config(path: Path, method: str):
+def _cpu_kernel_config(saved: dict, method: str):
     from transformers import AwqConfig, GPTQConfig
 
-    saved = json.loads((path / "config.json").read_text())["quantization_config"]
     config_class = GPTQConfig if method == "gptq" else AwqConfig
     return config_class(bits=saved.get("bits", 4), group_size=saved.get("group_size", 128), backend=CPU_KERNELS[method])
 
@@ -82,12 +82,13 @@ def quanto_class(kind: ModelKind):
                 {"auto_class": AutoModelForSequenceClassification})
 
 
-def _quant_method(path: Path) -> str | None:
+def _saved_quantization_config(path: Path) -> dict:
+    """The checkpoint's quantization_config from config.json; {} for an unquantized or unreadable one."""
     try:
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
-        return None
-    return (config.get("quantization_config") or {}).get("quant_method")
+        return {}
+    return config.get("quantization_config") or {}
 
 
 def save_tokenizer(tokenizer, artifact: Path) -> None:
