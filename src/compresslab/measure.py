@@ -23,7 +23,7 @@ from compresslab.models.runner import TorchRunner, count_params, load_runner
 from compresslab.models.spec import ModelSpec
 from compresslab.pipeline import BuiltArtifact, Pipeline, library_versions
 from compresslab.tasks.base import Task
-from compresslab.trackers import fidelity, size
+from compresslab.trackers import fidelity, size, sparsity
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,19 @@ def measure_memory_subprocess(artifact: Path, base: Path, kind: str, device: str
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def training_seconds(artifact: BuiltArtifact) -> float:
+    """Seconds spent training in the compression stages (distillation, recovery fine-tunes):
+    every ``train_s`` in their build records, however nested (one per pruning round)."""
+    def total(record) -> float:
+        if isinstance(record, dict):
+            return sum(value if key == "train_s" else total(value) for key, value in record.items())
+        if isinstance(record, list):
+            return sum(total(item) for item in record)
+        return 0.0
+
+    return sum(total(stage.records) for stage in artifact.stages[1:])
+
+
 class CaseRunner:
     """Builds and measures cases; keeps each model's baseline of this run for the ratios."""
 
@@ -167,13 +180,16 @@ class CaseRunner:
         info.update({
             "model": spec.id,
             "method": artifact.chain_id,
-            "stages": [{"name": s.name, "key": s.key, "built_now": s.built_now, "build_s": s.build_s}
+            "stages": [{"name": s.name, "key": s.key, "built_now": s.built_now, "build_s": s.build_s,
+                        **({"records": s.records} if s.records and s.name != "base" else {})}
                        for s in artifact.stages],
             "build_s": artifact.build_s,
+            "train_s": training_seconds(artifact),
             "baseline_build_s": artifact.stages[0].build_s,
             "artifact_key": artifact.entry.key,
             "task_details": details,
         })
+        info.update(sparsity.sparsity_info(runner.model))
         if self.memory == "subprocess":
             info.update(measure_memory_subprocess(artifact.path, artifact.base.payload, spec.kind, self.device,
                                                   self.timed_inputs(spec, runner), self.threads))

@@ -7,6 +7,7 @@ cached ``distill-half`` stage, and a change to one stage's config rebuilds it an
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from pathlib import Path
 from compresslab.assets import distribution_version
 from compresslab.cache import ArtifactCache, Entry, cache_key
 from compresslab.methods.base import Method, StageContext
-from compresslab.models.spec import ModelSpec
+from compresslab.models.spec import RECORDS_DIR, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,24 @@ def library_versions(names: tuple[str, ...]) -> dict[str, str | None]:
     return {name: distribution_version(name) for name in names}
 
 
+def stage_records(payload: Path) -> dict:
+    """The JSON build records a stage left in its records/ directory, by file stem."""
+    records = {}
+    for path in sorted((Path(payload) / RECORDS_DIR).glob("*.json")):
+        try:
+            records[path.stem] = json.loads(path.read_text())
+        except ValueError as err:
+            log.warning("unreadable build record %s: %s", path, err)
+    return records
+
+
 @dataclass(frozen=True)
 class StageRecord:
     name: str
     key: str
     built_now: bool
     build_s: float  # seconds the build took when it ran (from the manifest if it was cached)
+    records: dict = field(default_factory=dict)  # what the stage wrote to records/ (training steps, ranks)
 
 
 @dataclass
@@ -107,7 +120,8 @@ class Pipeline:
         artifact = BuiltArtifact(spec.id, chain_id, base, base, [record])
         calibration_task = self.tasks.get(spec.tasks[0])
         ctx = StageContext(spec.id, spec.kind, device, base.payload,
-                           getattr(calibration_task, "calibration_texts", None))
+                           getattr(calibration_task, "calibration_texts", None),
+                           getattr(calibration_task, "training_examples", None))
         for name in names:
             method = self.methods[name]
             method.check_supported(spec.kind, device)
@@ -133,4 +147,4 @@ class Pipeline:
         entry, built_now = self._get(key, lambda out: method.apply(source.payload, out, ctx), inputs)
         if built_now:
             log.info("built stage %s of %s in %.1fs", name, ctx.model_id, entry.build_s)
-        return entry, StageRecord(name, key, built_now, entry.build_s)
+        return entry, StageRecord(name, key, built_now, entry.build_s, stage_records(entry.payload))

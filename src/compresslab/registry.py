@@ -7,12 +7,18 @@ from __future__ import annotations
 
 from compresslab.methods.base import Method
 from compresslab.methods.bnb import BitsAndBytesQuant
+from compresslab.methods.distill import LayerDropDistill
 from compresslab.methods.dtype import Baseline, DtypeCast
 from compresslab.methods.gptq import AWQ, GPTQ
 from compresslab.methods.int4_weight import Int4WeightOnly
+from compresslab.methods.lowrank import LowRankSVD
+from compresslab.methods.oneshot_sparsity import OneShotSparsity
+from compresslab.methods.pruning import MagnitudePrune
+from compresslab.methods.structured import StructuredPrune
 from compresslab.methods.torchao_quant import TorchaoQuant
 from compresslab.methods.torchao_static import TorchaoStaticInt8
 from compresslab.models.embedded import MiniLMTweetClassifier, SmolLM2FromGGUF
+from compresslab.models.finetune import FinetuneConfig, TrainBudget
 from compresslab.models.hub import HubModel
 from compresslab.models.spec import ModelSpec
 from compresslab.tasks.base import Task
@@ -65,15 +71,34 @@ METHODS: dict[str, Method] = {
     "awq-w4g128": AWQ(bits=4, group_size=128),
     "awq-w4g64": AWQ(bits=4, group_size=64),  # SmolLM2's 576-wide layers: gptqmodel AWQ needs 576 % group == 0
     "int4-weight": Int4WeightOnly(group_size=128),
+    "prune-l1-50": MagnitudePrune(sparsity=0.5, scope="layer"),
+    "prune-global-50": MagnitudePrune(sparsity=0.5, scope="global"),
+    "prune-iter-50": MagnitudePrune(sparsity=0.5, scope="global", rounds=3, recovery=TrainBudget(
+        classifier=FinetuneConfig(max_steps=80, learning_rate=5e-5, time_budget_s=150),
+        causal_lm=FinetuneConfig(max_steps=30, batch_size=4, max_length=256, learning_rate=5e-5, time_budget_s=150))),
+    "sparse-2of4": MagnitudePrune(sparsity=0.5, pattern="2:4"),
+    "sparsegpt-50": OneShotSparsity(algorithm="sparsegpt", sparsity=0.5),
+    "sparsegpt-2of4": OneShotSparsity(algorithm="sparsegpt", sparsity=0.5, mask_structure="2:4"),
+    "wanda-50": OneShotSparsity(algorithm="wanda", sparsity=0.5),
+    "prune-struct-30": StructuredPrune(fraction=0.3),
+    "distill-half": LayerDropDistill(keep_every=2),
+    "lowrank-svd": LowRankSVD(energy=0.6),
 }
 
 BASELINE_METHOD = "fp32"
 
-# The default benchmark matrix: every model with every method (chains are added by id).
+QUANTIZATION = ("bf16", "int8-dynamic", "int8-weight", "int8-static", "int4-weight", "bnb-int8", "bnb-nf4",
+                "gptq-w4g128", "awq-w4g128", "awq-w4g64")
+SPARSITY_AND_STRUCTURE = ("prune-l1-50", "prune-global-50", "prune-iter-50", "sparse-2of4", "sparsegpt-50",
+                          "sparsegpt-2of4", "wanda-50", "prune-struct-30", "distill-half", "lowrank-svd")
+# The combinations of the study this project grew from (distillation + quantization was its best)
+CHAINS = ("distill-half+int8-dynamic", "prune-global-50+int8-dynamic", "distill-half+prune-global-50+int8-dynamic",
+          "prune-global-50+gptq-w4g128")
+
+# The default benchmark matrix: every model with every method and chain; a method that does not
+# apply to a model (GPTQ on an encoder, SparseGPT on a classifier) skips with its reason.
 DEFAULT_MATRIX: dict[str, tuple[str, ...]] = {
-    model_id: ("fp32", "bf16", "int8-dynamic", "int8-weight", "int8-static", "int4-weight", "bnb-int8", "bnb-nf4",
-               "gptq-w4g128", "awq-w4g128", "awq-w4g64")
-    for model_id in MODELS
+    model_id: ("fp32", *QUANTIZATION, *SPARSITY_AND_STRUCTURE, *CHAINS) for model_id in MODELS
 }
 
 

@@ -33,11 +33,18 @@ class StageContext:
     base_dir: Path  # the uncompressed baseline (its tokenizer/ dir)
     # n -> the first n calibration texts of the model's first task's training split (never its test data)
     calibration: Callable[[int], list[str]] | None = None
+    # n -> the first n labelled examples of that training split (classifiers' recovery and distillation)
+    training: Callable[[int], list] | None = None
 
     def calibration_texts(self, n: int) -> list[str]:
         if self.calibration is None:
             raise MethodUnsupported(f"{self.model_id}: its task provides no calibration data")
         return self.calibration(n)
+
+    def training_examples(self, n: int) -> list:
+        if self.training is None:
+            raise MethodUnsupported(f"{self.model_id}: its task provides no labelled training data")
+        return self.training(n)
 
 
 def is_installed(module: str) -> bool:

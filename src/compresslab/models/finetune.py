@@ -54,23 +54,46 @@ def _schedule(step: int, total: int, warmup: int) -> float:
     return max(0.0, 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
 
 
-def finetune_classifier(model, tokenizer, train: Sequence[Example], config: FinetuneConfig) -> dict[str, float]:
-    """Train in place; returns what happened (steps, seconds, last loss) for the build record."""
+def classifier_batches(tokenizer, examples: Sequence[Example], config: FinetuneConfig, rng: random.Random):
+    """Endless shuffled, tokenized batches of labelled texts: the model's own loss is cross-entropy."""
+    for batch in _batches(examples, config.batch_size, rng):
+        inputs = tokenizer([e.text for e in batch], padding=True, truncation=True,
+                           max_length=config.max_length, return_tensors="pt")
+        yield {**inputs, "labels": torch.tensor([e.label for e in batch])}
+
+
+def lm_batches(tokenizer, texts: Sequence[str], config: FinetuneConfig, rng: random.Random):
+    """Endless shuffled batches of full ``max_length`` token windows cut from the texts (no
+    padding); labels are the inputs, the causal LM shifts them itself."""
+    ids = tokenizer("\n\n".join(texts), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    n_windows = len(ids) // config.max_length
+    if n_windows < config.batch_size:
+        raise ValueError(f"{len(ids)} training tokens make {n_windows} windows of {config.max_length}, "
+                         f"fewer than one batch of {config.batch_size}")
+    windows = ids[: n_windows * config.max_length].view(n_windows, config.max_length)
+    for batch in _batches(list(windows), config.batch_size, rng):
+        input_ids = torch.stack(batch)
+        yield {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": input_ids}
+
+
+def train(model, batches, loss_fn, config: FinetuneConfig, desc: str) -> dict[str, float]:
+    """AdamW with warm-up and cosine decay until max_steps or the time budget; in place.
+
+    ``loss_fn(batch)`` returns the loss of one batch. Returns what happened (steps, seconds,
+    last smoothed loss) for the build record.
+    """
     torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     warmup = max(1, int(config.max_steps * config.warmup_fraction))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, config.max_steps, warmup))
     model.train()
     started, loss_ema, step = time.perf_counter(), None, 0
-    bar = tqdm(total=config.max_steps, desc="fine-tune baseline", unit="step", leave=False)
-    for step, batch in enumerate(_batches(train, config.batch_size, rng), start=1):
-        inputs = tokenizer([e.text for e in batch], padding=True, truncation=True,
-                           max_length=config.max_length, return_tensors="pt")
-        labels = torch.tensor([e.label for e in batch])
-        loss = model(**inputs, labels=labels).loss
+    bar = tqdm(total=config.max_steps, desc=desc, unit="step", leave=False)
+    for step, batch in enumerate(batches, start=1):
+        loss = loss_fn(batch)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -83,5 +106,24 @@ def finetune_classifier(model, tokenizer, train: Sequence[Example], config: Fine
     model.eval()
     elapsed = time.perf_counter() - started
     if step < config.max_steps:
-        log.warning("fine-tune stopped at step %d of %d: time budget %.0fs reached", step, config.max_steps, elapsed)
-    return {"steps": step, "train_s": elapsed, "final_loss_ema": float(loss_ema or 0.0)}
+        log.warning("%s stopped at step %d of %d: time budget %.0fs reached", desc, step, config.max_steps, elapsed)
+    return {"steps": step, "max_steps": config.max_steps, "train_s": elapsed, "final_loss_ema": float(loss_ema or 0.0)}
+
+
+def finetune_classifier(model, tokenizer, train_examples: Sequence[Example], config: FinetuneConfig,
+                        desc: str = "fine-tune baseline") -> dict[str, float]:
+    """Supervised fine-tune of a sequence classifier in place (the baseline's, and recovery after pruning)."""
+    batches = classifier_batches(tokenizer, train_examples, config, random.Random(config.seed))
+    return train(model, batches, lambda batch: model(**batch).loss, config, desc)
+
+
+@dataclass(frozen=True)
+class TrainBudget:
+    """One training config per model kind: a classifier trains on short labelled texts in big
+    batches, a causal LM on long token windows in small ones."""
+
+    classifier: FinetuneConfig
+    causal_lm: FinetuneConfig
+
+    def for_kind(self, kind: str) -> FinetuneConfig:
+        return self.classifier if kind == "classifier" else self.causal_lm

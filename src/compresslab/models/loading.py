@@ -11,6 +11,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from compresslab.models.spec import RECORDS_DIR, TOKENIZER_DIR, ModelKind
+from compresslab.models.structure import is_structured, load_structured
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,9 @@ QUANTO_QMAP = "quanto_qmap.json"  # optimum-quanto's quantization map, beside it
 def load_pretrained(path: Path, kind: ModelKind, device: str = "cpu", **kwargs) -> torch.nn.Module:
     """A checkpoint directory as a model in eval mode, whichever format a method saved it in."""
     path = Path(path)
-    if (path / QUANTO_QMAP).is_file():
+    if is_structured(path):
+        model = _load_structured(path, kind, kwargs)
+    elif (path / QUANTO_QMAP).is_file():
         # transformers cannot load quanto checkpoints; quanto's loader rebuilds the packed modules
         model = _contiguous_qlinear_inputs(quanto_class(kind).from_pretrained(str(path))._wrapped)
     else:
@@ -52,6 +55,19 @@ def load_pretrained(path: Path, kind: ModelKind, device: str = "cpu", **kwargs) 
 # gptqmodel's auto-selected CPU kernels (torch int4pack) need in_features divisible by the group
 # size, which SmolLM2 (576) is not for 128; its plain torch kernels take any shape.
 CPU_KERNELS = {"gptq": "gptq_torch", "awq": "torch_awq"}
+
+
+def _load_structured(path: Path, kind: ModelKind, kwargs: dict) -> torch.nn.Module:
+    """Reshaped modules (structured pruning, low-rank factors) cannot go through a from_pretrained
+    quantizer, which builds the config's shapes; later stages that load plainly work."""
+    if kwargs.get("quantization_config") is not None:
+        from compresslab.methods.base import MethodUnsupported
+
+        raise MethodUnsupported("its input has reshaped modules (structured pruning or low-rank factors), which "
+                                "transformers' quantizers cannot load; put this method before them in the chain")
+    model = load_structured(path, auto_class(kind))
+    dtype = kwargs.get("dtype")
+    return model.to(dtype) if isinstance(dtype, torch.dtype) else model
 
 
 def _cpu_kernel_config(saved: dict, method: str):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +47,28 @@ class TorchRunner:
 def load_runner(artifact: Path, base: Path, kind: ModelKind, device: str) -> TorchRunner:
     """The artifact's model with the baseline's tokenizer (compression never changes the tokenizer)."""
     model = load_pretrained(artifact, kind, device=device, dtype="auto")
+    if device.startswith("cuda"):
+        model = semi_structured_on_gpu(model, Path(artifact))
     return TorchRunner(model, load_tokenizer(base), device, kind,
                        inference_mode=not (Path(artifact) / QUANTO_QMAP).is_file())
+
+
+SPARSITY_FILE = "compresslab_sparsity.json"  # written by the 2:4 pruning methods
+
+
+def semi_structured_on_gpu(model: torch.nn.Module, artifact: Path) -> torch.nn.Module:
+    """2:4 checkpoints run on the GPU's sparse tensor cores: torchao converts the listed Linear
+    weights to semi-structured sparse tensors (fp16, the dtype those kernels take). On the CPU
+    they stay dense, where 2:4 zeros buy no speed."""
+    marker = artifact / SPARSITY_FILE
+    if not marker.is_file():
+        return model
+    from torchao.sparsity import SemiSparseWeightConfig, sparsify_
+
+    names = set(json.loads(marker.read_text())["modules"])
+    model = model.to(torch.float16)
+    sparsify_(model, SemiSparseWeightConfig(), filter_fn=lambda _, fqn: fqn in names)
+    return model
 
 
 def count_params(path: Path) -> int:

@@ -73,6 +73,9 @@ class TweetSentiment:
     def calibration_texts(self, n: int) -> list[str]:
         return [e.text for e in tweets.load_splits().train[:n]]
 
+    def training_examples(self, n: int) -> list[Example]:
+        return list(tweets.load_splits().train[:n])
+
 
 EMOTION_DATASET = "dair-ai/emotion"
 EMOTION_LABELS = ("sadness", "joy", "love", "anger", "fear", "surprise")

@@ -1,0 +1,188 @@
+"""Methods that change the model's shape: structured pruning, distillation into fewer layers,
+low-rank factorization. Each saves, reloads through the user's path and is checked on a tiny model."""
+
+import json
+
+import pytest
+import torch
+
+from compresslab import registry
+from compresslab.methods.base import MethodUnsupported, StageContext
+from compresslab.methods.distill import LayerDropDistill, kept_blocks, make_student
+from compresslab.methods.lowrank import LowRankSVD, choose_rank, factorize
+from compresslab.methods.structured import StructuredPrune, kept_counts
+from compresslab.models.finetune import FinetuneConfig, TrainBudget
+from compresslab.models.loading import load_pretrained
+from compresslab.models.runner import TorchRunner
+from compresslab.models.structure import STRUCTURE_FILE, LowRankLinear, block_list
+from compresslab.trackers.sparsity import parameter_count
+from tiny import SyntheticSentiment, synthetic_examples, tiny_bert_classifier, tiny_llama, tokenizer
+
+CLASSIFIER = FinetuneConfig(max_steps=25, batch_size=16, learning_rate=1e-3, time_budget_s=60)
+LM = FinetuneConfig(max_steps=4, batch_size=2, max_length=32, learning_rate=1e-3, time_budget_s=60)
+FAST = TrainBudget(classifier=CLASSIFIER, causal_lm=LM)
+
+
+def ctx(src, kind="classifier"):
+    return StageContext("tiny", kind, "cpu", src,
+                        calibration=lambda n: [" ".join(e.text for e in synthetic_examples(40, seed=5 + i))
+                                               for i in range(n)],
+                        training=lambda n: synthetic_examples(n, seed=3))
+
+
+def save(model, path):
+    path.mkdir()
+    model.save_pretrained(path)
+    tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def wide_classifier(tmp_path_factory):
+    """4 layers of 4 heads, so that halving and 25% cuts are visible."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = tiny_bert_classifier(train_steps=40, hidden_size=64)
+    config = BertConfig(**{**model.config.to_dict(), "num_hidden_layers": 4, "num_attention_heads": 4})
+    deeper = BertForSequenceClassification(config)
+    deeper.load_state_dict(model.state_dict(), strict=False)  # layers 2-3 start fresh; training fixes that
+    optimizer = torch.optim.AdamW(deeper.parameters(), lr=2e-3)
+    for step, start in enumerate(range(0, 32 * 40, 32)):
+        batch = synthetic_examples(32 * 40, 1)[start : start + 32]
+        inputs = tokenizer()([e.text for e in batch], padding=True, return_tensors="pt")
+        deeper(**inputs, labels=torch.tensor([e.label for e in batch])).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return save(deeper.eval(), tmp_path_factory.mktemp("wide") / "fp32")
+
+
+def accuracy(path) -> float:
+    runner = TorchRunner(load_pretrained(path, "classifier"), tokenizer(), "cpu", "classifier")
+    return SyntheticSentiment().evaluate(runner).metrics["accuracy"]
+
+
+# ---- structured pruning
+
+
+def test_kept_counts_round_heads_and_align_ffn():
+    assert kept_counts(12, 1536, 0.3) == (8, 1072)
+    assert kept_counts(2, 64, 0.9) == (1, 8)
+    with pytest.raises(ValueError, match="fraction must be in"):
+        StructuredPrune(fraction=0)
+
+
+def test_structured_pruning_removes_heads_and_neurons(wide_classifier, tmp_path):
+    method = StructuredPrune(fraction=0.5, recovery=CLASSIFIER)
+    method.apply(wide_classifier, tmp_path, ctx(wide_classifier))
+    assert (tmp_path / STRUCTURE_FILE).is_file()
+    model = load_pretrained(tmp_path, "classifier")
+    for block in block_list(model)[1]:
+        assert block.attention.self.query.out_features == 32  # 2 of 4 heads of 16
+        assert block.attention.output.dense.in_features == 32
+        assert block.intermediate.dense.out_features == 64  # 128 -> 64
+        assert block.output.dense.in_features == 64
+    original = load_pretrained(wide_classifier, "classifier")
+    assert parameter_count(model) < parameter_count(original)
+    assert (tmp_path / "model.safetensors").stat().st_size < (wide_classifier / "model.safetensors").stat().st_size
+    assert accuracy(tmp_path) >= 0.9 * accuracy(wide_classifier)
+    record = json.loads((tmp_path / "records" / "prune_struct.json").read_text())
+    assert record["heads"] == [4, 2] and record["ffn"] == [128, 64] and record["steps"] == 25
+
+
+def test_structured_checkpoint_reloads_exactly_and_refuses_a_quantizer(wide_classifier, tmp_path):
+    StructuredPrune(fraction=0.25, recovery=CLASSIFIER).apply(wide_classifier, tmp_path, ctx(wide_classifier))
+    inputs = tokenizer()(["the food was great"], return_tensors="pt")
+    first = load_pretrained(tmp_path, "classifier")(**inputs).logits
+    again = load_pretrained(tmp_path, "classifier")(**inputs).logits
+    assert torch.equal(first, again)
+    with pytest.raises(MethodUnsupported, match="reshaped modules"):
+        load_pretrained(tmp_path, "classifier", quantization_config=object())
+    assert StructuredPrune.kinds == ("classifier",)
+    with pytest.raises(MethodUnsupported, match="classifier"):
+        registry.METHODS["prune-struct-30"].check_supported("causal-lm", "cpu")
+
+
+# ---- distillation
+
+
+def test_student_keeps_every_other_block_and_renumbers_them():
+    assert kept_blocks(6, 2) == [0, 2, 4] and kept_blocks(30, 2) == list(range(0, 30, 2))
+    teacher = tiny_llama(train_steps=0)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**{**teacher.config.to_dict(), "num_hidden_layers": 4})
+    teacher = LlamaForCausalLM(config)
+    student, kept = make_student(teacher, 2)
+    assert kept == [0, 2] and student.config.num_hidden_layers == 2 and teacher.config.num_hidden_layers == 4
+    blocks = block_list(student)[1]
+    assert torch.equal(blocks[1].mlp.up_proj.weight, teacher.model.layers[2].mlp.up_proj.weight)
+    assert [b.self_attn.layer_idx for b in blocks] == [0, 1]
+    ids = torch.tensor([[5, 6, 7, 8]])
+    generated = student.generate(ids, max_new_tokens=3, do_sample=False)  # the KV cache works with new indices
+    assert generated.shape == (1, 7)
+
+
+def test_distilled_classifier_is_shallower_and_accurate(wide_classifier, tmp_path):
+    method = LayerDropDistill(budget=FAST)
+    method.apply(wide_classifier, tmp_path, ctx(wide_classifier))
+    model = load_pretrained(tmp_path, "classifier")  # a plain checkpoint: from_pretrained, no structure map
+    assert not (tmp_path / STRUCTURE_FILE).exists()
+    assert model.config.num_hidden_layers == 2
+    record = json.loads((tmp_path / "records" / "distill.json").read_text())
+    assert record["kept_blocks"] == [0, 2] and record["steps"] == 25 and record["train_s"] > 0
+    assert accuracy(tmp_path) >= 0.9 * accuracy(wide_classifier)
+
+
+def test_distilled_lm_trains_on_teacher_token_distributions(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    teacher = LlamaForCausalLM(LlamaConfig(**{**tiny_llama(train_steps=0).config.to_dict(), "num_hidden_layers": 4}))
+    src = save(teacher, tmp_path / "teacher")
+    out = tmp_path / "student"
+    out.mkdir()
+    LayerDropDistill(budget=FAST, alpha=1.0).apply(src, out, ctx(src, "causal-lm"))
+    assert load_pretrained(out, "causal-lm").config.num_hidden_layers == 2
+
+
+@pytest.mark.parametrize("kwargs, needle", [({"keep_every": 1}, "keep_every"), ({"temperature": 0}, "temperature"),
+                                            ({"alpha": 1.5}, "alpha")])
+def test_distill_rejects_bad_config(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        LayerDropDistill(**kwargs)
+
+
+# ---- low-rank factorization
+
+
+def test_choose_rank_keeps_the_energy_asked_for():
+    values = torch.tensor([10.0, 5.0, 1.0, 1.0] + [0.1] * 60)
+    assert choose_rank(values, 0.8, multiple=1) == 2  # 100 of 127.6 is 78%: one more
+    assert choose_rank(values, 0.75, multiple=1) == 1
+    assert choose_rank(values, 0.97, multiple=1) == 2
+    assert choose_rank(values, 0.97, multiple=8) == 8
+    assert choose_rank(values, 0.999999, multiple=8) == 64
+
+
+def test_factorize_is_exact_at_full_rank_and_close_for_a_low_rank_weight():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(32, 48)
+    x = torch.randn(5, 32)
+    assert torch.allclose(factorize(linear, 32)(x), linear(x), atol=1e-5)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(48, 4) @ torch.randn(4, 32))
+    low = factorize(linear, 8)
+    assert isinstance(low, LowRankLinear) and low.down.weight.shape == (8, 32)
+    assert torch.allclose(low(x), linear(x), atol=1e-4)
+
+
+def test_lowrank_saves_reloads_and_reports_ranks(wide_classifier, tmp_path):
+    LowRankSVD(energy=0.5, budget=FAST).apply(wide_classifier, tmp_path, ctx(wide_classifier))
+    record = json.loads((tmp_path / "records" / "lowrank.json").read_text())
+    assert record["recovery"]["steps"] == 25 and len(record["ranks"]) == 4 * 6
+    model = load_pretrained(tmp_path, "classifier")
+    factored = [m for m in model.modules() if isinstance(m, LowRankLinear)]
+    assert record["factorized"] == f"{len(factored)} of 24 block Linear layers" and factored
+    assert parameter_count(model) < parameter_count(load_pretrained(wide_classifier, "classifier"))
+    assert accuracy(tmp_path) >= 0.85 * accuracy(wide_classifier)
