@@ -31,11 +31,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"  {model_id:<20} {spec.kind:<10} tasks={','.join(spec.tasks):<40} available={status}")
         print(f"  {'':<20} {spec.description}")
     print("methods:")
+    id_width = max(map(len, registry.METHODS))
+    family_width = max(len(m.family) for m in registry.METHODS.values())
+    package_width = max(len(",".join(m.requires_packages) or "-") for m in registry.METHODS.values())
     for method_id, method in registry.METHODS.items():
         packages = ",".join(method.requires_packages) or "-"
-        status = _available(lambda m=method: m.check_supported("causal-lm", "cpu"))
-        print(f"  {method_id:<14} family={method.family:<9} packages={packages:<12} "
-              f"devices={','.join(method.devices):<9} cpu-here={status}")
+        # available here: its packages are installed and it runs on this CPU for a model kind it supports
+        status = _available(lambda m=method: m.check_supported(m.kinds[0], "cpu"))
+        print(f"  {method_id:<{id_width}} family={method.family:<{family_width}} packages={packages:<{package_width}} "
+              f"kinds={','.join(method.kinds):<21} devices={','.join(method.devices):<9} cpu-here={status}")
     floors_path = Path(args.floors)
     if floors_path.is_file():
         book = floors.load(floors_path, registry.MODELS, registry.METHODS)
