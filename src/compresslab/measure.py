@@ -189,7 +189,8 @@ class CaseRunner:
             "artifact_key": artifact.entry.key,
             "task_details": details,
         })
-        info.update(sparsity.sparsity_info(runner.model))
+        if runner.model is not None:  # exported graphs have no torch module to inspect
+            info.update(sparsity.sparsity_info(runner.model))
         if self.memory == "subprocess":
             info.update(measure_memory_subprocess(artifact.path, artifact.base.payload, spec.kind, self.device,
                                                   self.timed_inputs(spec, runner), self.threads))

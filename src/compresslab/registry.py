@@ -12,6 +12,7 @@ from compresslab.methods.dtype import Baseline, DtypeCast
 from compresslab.methods.gptq import AWQ, GPTQ
 from compresslab.methods.int4_weight import Int4WeightOnly
 from compresslab.methods.lowrank import LowRankSVD
+from compresslab.methods.onnx_export import OrtExport
 from compresslab.methods.oneshot_sparsity import OneShotSparsity
 from compresslab.methods.pruning import MagnitudePrune
 from compresslab.methods.structured import StructuredPrune
@@ -84,6 +85,8 @@ METHODS: dict[str, Method] = {
     "prune-struct-30": StructuredPrune(fraction=0.3),
     "distill-half": LayerDropDistill(keep_every=2),
     "lowrank-svd": LowRankSVD(energy=0.6),
+    "ort": OrtExport(),
+    "ort-int8": OrtExport(quantization="dynamic-int8"),
 }
 
 BASELINE_METHOD = "fp32"
@@ -93,8 +96,9 @@ QUANTIZATION = ("bf16", "int8-dynamic", "int8-weight", "int8-static", "int4-weig
 SPARSITY_AND_STRUCTURE = ("prune-l1-50", "prune-global-50", "prune-iter-50", "sparse-2of4", "sparsegpt-50",
                           "sparsegpt-2of4", "wanda-50", "prune-struct-30", "distill-half", "lowrank-svd")
 # The combinations of the study this project grew from (distillation + quantization was its best)
+RUNTIMES = ("ort", "ort-int8")
 CHAINS = ("distill-half+int8-dynamic", "prune-global-50+int8-dynamic", "distill-half+prune-global-50+int8-dynamic",
-          "prune-global-50+gptq-w4g128")
+          "prune-global-50+gptq-w4g128", "distill-half+ort-int8")
 
 # Chains measured to be useless on a kind of model stay runnable by id (COMPRESSLAB_MATRIX) but
 # leave its default matrix. On SmolLM2-135M the distilled student pruned to 50% by magnitude
@@ -106,7 +110,7 @@ NOT_BY_DEFAULT: dict[str, tuple[str, ...]] = {
 # The default benchmark matrix: every model with every method and chain; a method that does not
 # apply to a model (GPTQ on an encoder, SparseGPT on a classifier) skips with its reason.
 DEFAULT_MATRIX: dict[str, tuple[str, ...]] = {
-    model_id: tuple(chain for chain in ("fp32", *QUANTIZATION, *SPARSITY_AND_STRUCTURE, *CHAINS)
+    model_id: tuple(chain for chain in ("fp32", *QUANTIZATION, *SPARSITY_AND_STRUCTURE, *RUNTIMES, *CHAINS)
                     if chain not in NOT_BY_DEFAULT.get(spec.kind, ()))
     for model_id, spec in MODELS.items()
 }

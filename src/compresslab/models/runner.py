@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from compresslab.models.loading import QUANTO_QMAP, load_pretrained, load_tokenizer
+from compresslab.models.ort_runner import load_ort_runner, runtime_of
 from compresslab.models.spec import ModelKind
 
 
@@ -46,6 +47,9 @@ class TorchRunner:
 
 def load_runner(artifact: Path, base: Path, kind: ModelKind, device: str) -> TorchRunner:
     """The artifact's model with the baseline's tokenizer (compression never changes the tokenizer)."""
+    runtime = runtime_of(artifact)
+    if runtime is not None:  # an exported graph runs on its own runtime
+        return load_ort_runner(artifact, load_tokenizer(base), kind, device, runtime)
     model = load_pretrained(artifact, kind, device=device, dtype="auto")
     if device.startswith("cuda"):
         model = semi_structured_on_gpu(model, Path(artifact))
