@@ -7,7 +7,6 @@ import torch
 from safetensors import safe_open
 
 from compresslab import registry
-from compresslab.methods.base import StageContext
 from compresslab.methods.pruning import MagnitudePrune, cubic_schedule, semi_structured_mask
 from compresslab.models.finetune import FinetuneConfig, TrainBudget
 from compresslab.models.loading import load_pretrained
@@ -15,17 +14,14 @@ from compresslab.models.runner import SPARSITY_FILE, TorchRunner
 from compresslab.models.structure import block_linears
 from compresslab.trackers.size import zstd_size
 from compresslab.trackers.sparsity import block_sparsity, parameter_count, sparsity_info
-from tiny import SyntheticSentiment, synthetic_examples, tiny_bert_classifier, tiny_llama, tokenizer
+from tiny import (SyntheticSentiment, stage_context, tiny_bert_classifier, tiny_llama,
+                  tokenizer)
 
 FAST = TrainBudget(classifier=FinetuneConfig(max_steps=15, batch_size=16, learning_rate=1e-3, time_budget_s=60),
                    causal_lm=FinetuneConfig(max_steps=4, batch_size=2, max_length=32, time_budget_s=60))
 
 
-def ctx(src, kind="classifier"):
-    return StageContext("tiny", kind, "cpu", src,
-                        calibration=lambda n: [" ".join(e.text for e in synthetic_examples(40, seed=5 + i))
-                                               for i in range(n)],
-                        training=lambda n: synthetic_examples(n, seed=3))
+ctx = stage_context
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from compresslab import registry
-from compresslab.methods.base import MethodUnsupported, StageContext
+from compresslab.methods.base import MethodUnsupported
 from compresslab.methods.distill import LayerDropDistill, kept_blocks, make_student
 from compresslab.methods.lowrank import LowRankSVD, choose_rank, factorize
 from compresslab.methods.structured import StructuredPrune, kept_counts
@@ -16,18 +16,19 @@ from compresslab.models.loading import load_pretrained
 from compresslab.models.runner import TorchRunner
 from compresslab.models.structure import STRUCTURE_FILE, LowRankLinear, block_list
 from compresslab.trackers.sparsity import parameter_count
-from tiny import SyntheticSentiment, synthetic_examples, tiny_bert_classifier, tiny_llama, tokenizer
+from tiny import (SyntheticSentiment, stage_context, synthetic_examples, tiny_bert_classifier, tiny_llama,
+                  tokenizer)
 
 CLASSIFIER = FinetuneConfig(max_steps=25, batch_size=16, learning_rate=1e-3, time_budget_s=60)
 LM = FinetuneConfig(max_steps=4, batch_size=2, max_length=32, learning_rate=1e-3, time_budget_s=60)
 FAST = TrainBudget(classifier=CLASSIFIER, causal_lm=LM)
 
 
-def ctx(src, kind="classifier"):
-    return StageContext("tiny", kind, "cpu", src,
-                        calibration=lambda n: [" ".join(e.text for e in synthetic_examples(40, seed=5 + i))
-                                               for i in range(n)],
-                        training=lambda n: synthetic_examples(n, seed=3))
+ctx = stage_context
+
+
+def svd_of(linear):
+    return torch.linalg.svd(linear.weight.detach().double(), full_matrices=False)
 
 
 def save(model, path):
@@ -169,10 +170,10 @@ def test_factorize_is_exact_at_full_rank_and_close_for_a_low_rank_weight():
     torch.manual_seed(0)
     linear = torch.nn.Linear(32, 48)
     x = torch.randn(5, 32)
-    assert torch.allclose(factorize(linear, 32)(x), linear(x), atol=1e-5)
+    assert torch.allclose(factorize(linear, 32, svd_of(linear))(x), linear(x), atol=1e-5)
     with torch.no_grad():
         linear.weight.copy_(torch.randn(48, 4) @ torch.randn(4, 32))
-    low = factorize(linear, 8)
+    low = factorize(linear, 8, svd_of(linear))
     assert isinstance(low, LowRankLinear) and low.down.weight.shape == (8, 32)
     assert torch.allclose(low(x), linear(x), atol=1e-4)
 

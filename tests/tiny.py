@@ -40,6 +40,19 @@ def synthetic_examples(n: int, seed: int) -> list[Example]:
     return out
 
 
+def calibration_texts(n: int) -> list[str]:
+    """``n`` calibration texts of synthetic sentences, as a StageContext's ``calibration`` gives."""
+    return [" ".join(e.text for e in synthetic_examples(40, seed=5 + i)) for i in range(n)]
+
+
+def stage_context(src: Path, kind: str = "classifier"):
+    """A StageContext on synthetic calibration and training data, for method tests on tiny models."""
+    from compresslab.methods.base import StageContext
+
+    return StageContext("tiny", kind, "cpu", src, calibration=calibration_texts,
+                        training=lambda n: synthetic_examples(n, seed=3))
+
+
 def tiny_bert_classifier(train_steps: int = 30, seed: int = 0, hidden_size: int = 64):
     from transformers import BertConfig, BertForSequenceClassification
 

@@ -38,8 +38,9 @@ def choose_rank(singular_values: torch.Tensor, energy: float, multiple: int = RA
     return min(len(singular_values), math.ceil(rank / multiple) * multiple)
 
 
-def factorize(linear: nn.Linear, rank: int) -> LowRankLinear:
-    u, s, vh = torch.linalg.svd(linear.weight.detach().double(), full_matrices=False)
+def factorize(linear: nn.Linear, rank: int, svd: tuple[torch.Tensor, ...]) -> LowRankLinear:
+    """``svd`` is ``torch.linalg.svd`` of the weight (in float64), computed once by the caller."""
+    u, s, vh = svd
     root = s[:rank].sqrt()
     low = LowRankLinear(linear.in_features, linear.out_features, rank, bias=linear.bias is not None)
     with torch.no_grad():
@@ -73,10 +74,11 @@ class LowRankSVD(Method):
         model = load_pretrained(src, ctx.kind, dtype=torch.float32)
         ranks: dict[str, list[int]] = {}
         for name, linear in block_linears(model).items():
-            rank = choose_rank(torch.linalg.svdvals(linear.weight.detach().double()), self.energy)
+            svd = torch.linalg.svd(linear.weight.detach().double(), full_matrices=False)
+            rank = choose_rank(svd[1], self.energy)
             ranks[name] = [rank, min(linear.in_features, linear.out_features)]
             if saves_weights(rank, linear):
-                replace_module(model, name, factorize(linear, rank))
+                replace_module(model, name, factorize(linear, rank, svd))
         record: dict = {"energy": self.energy, "ranks": ranks}
         if self.recover:
             record["recovery"] = recovery_finetune(model, ctx, self.budget.for_kind(ctx.kind), "low-rank: recover")

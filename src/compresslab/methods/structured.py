@@ -9,6 +9,7 @@ its output column. A short recovery fine-tune, distilled from the unpruned model
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -91,7 +92,7 @@ class StructuredPrune(Method):
 
     def apply(self, src: Path, out: Path, ctx: StageContext) -> None:
         teacher = load_pretrained(src, ctx.kind, dtype=torch.float32)
-        model = load_pretrained(src, ctx.kind, dtype=torch.float32)
+        model = copy.deepcopy(teacher)  # the pruned student; the teacher stays whole
         if not hasattr(block_list(model)[1][0], "attention"):
             raise ValueError(f"structured pruning supports BERT-style encoders, not {type(model).__name__}")
         n_heads, ffn = model.config.num_attention_heads, model.config.intermediate_size

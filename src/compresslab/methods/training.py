@@ -22,6 +22,7 @@ from compresslab.models.loading import load_tokenizer
 from compresslab.models.spec import RECORDS_DIR
 
 WIKI_CHUNK_TOKENS = 400  # a 2000-character calibration chunk is about 450 SmolLM2 tokens
+MAX_WIKI_CHUNKS = 1000  # the training part holds about 1050 chunks; later epochs reshuffle them
 
 
 def training_batches(ctx: StageContext, config: FinetuneConfig):
@@ -35,7 +36,6 @@ def training_batches(ctx: StageContext, config: FinetuneConfig):
     return lm_batches(tokenizer, ctx.calibration_texts(min(n_chunks, MAX_WIKI_CHUNKS)), config, rng)
 
 
-MAX_WIKI_CHUNKS = 1000  # the training part holds about 1050 chunks; later epochs reshuffle them
 
 
 def recovery_finetune(model, ctx: StageContext, config: FinetuneConfig, desc: str) -> dict[str, float]:

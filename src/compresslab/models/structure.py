@@ -105,15 +105,15 @@ def load_structured(path: Path, auto_class) -> nn.Module:
         state.update(load_file(file))
     missing, unexpected = model.load_state_dict(state, strict=False)
     model.tie_weights()
-    untied = [key for key in missing if not _shares_storage(model, key, state)]
+    params = dict(model.named_parameters(remove_duplicate=False))
+    untied = [key for key in missing if not _shares_storage(params, key, state)]
     if unexpected or untied:
         raise ValueError(f"{path}: weights do not match the structure map (missing {untied[:3]}, "
                          f"unexpected {unexpected[:3]})")
     return model.eval()
 
 
-def _shares_storage(model: nn.Module, key: str, loaded: dict[str, torch.Tensor]) -> bool:
+def _shares_storage(params: dict[str, nn.Parameter], key: str, loaded: dict[str, torch.Tensor]) -> bool:
     """A key absent from the file is fine when tying made it the same tensor as a loaded one."""
-    params = dict(model.named_parameters(remove_duplicate=False))
     tensor = params.get(key)
     return tensor is not None and any(params.get(other) is tensor for other in loaded)
