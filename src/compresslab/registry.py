@@ -14,6 +14,7 @@ from compresslab.methods.int4_weight import Int4WeightOnly
 from compresslab.methods.lowrank import LowRankSVD
 from compresslab.methods.onnx_export import OrtExport
 from compresslab.methods.oneshot_sparsity import OneShotSparsity
+from compresslab.methods.openvino import OpenVinoExport
 from compresslab.methods.pruning import MagnitudePrune
 from compresslab.methods.structured import StructuredPrune
 from compresslab.methods.torchao_quant import TorchaoQuant
@@ -87,6 +88,11 @@ METHODS: dict[str, Method] = {
     "lowrank-svd": LowRankSVD(energy=0.6),
     "ort": OrtExport(),
     "ort-int8": OrtExport(quantization="dynamic-int8"),
+    "ort-int8-static": OrtExport(quantization="static-int8"),
+    "openvino": OpenVinoExport(),
+    "ov-int8": OpenVinoExport(compression="int8"),
+    "ov-int8-weights": OpenVinoExport(compression="int8-weights"),
+    "ov-int4-weights": OpenVinoExport(compression="int4-weights"),
 }
 
 BASELINE_METHOD = "fp32"
@@ -96,9 +102,9 @@ QUANTIZATION = ("bf16", "int8-dynamic", "int8-weight", "int8-static", "int4-weig
 SPARSITY_AND_STRUCTURE = ("prune-l1-50", "prune-global-50", "prune-iter-50", "sparse-2of4", "sparsegpt-50",
                           "sparsegpt-2of4", "wanda-50", "prune-struct-30", "distill-half", "lowrank-svd")
 # The combinations of the study this project grew from (distillation + quantization was its best)
-RUNTIMES = ("ort", "ort-int8")
+RUNTIMES = ("ort", "ort-int8", "ort-int8-static", "openvino", "ov-int8", "ov-int8-weights", "ov-int4-weights")
 CHAINS = ("distill-half+int8-dynamic", "prune-global-50+int8-dynamic", "distill-half+prune-global-50+int8-dynamic",
-          "prune-global-50+gptq-w4g128", "distill-half+ort-int8")
+          "prune-global-50+gptq-w4g128", "distill-half+ort-int8", "distill-half+ov-int8")
 
 # Chains measured to be useless on a kind of model stay runnable by id (COMPRESSLAB_MATRIX) but
 # leave its default matrix. On SmolLM2-135M the distilled student pruned to 50% by magnitude

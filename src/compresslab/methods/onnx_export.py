@@ -1,10 +1,5 @@
-"""Export to ONNX and run on ONNX Runtime, in fp32 or with ORT's dynamic int8 quantization.
-
-The exporter is torch.onnx's dynamo exporter (``torch.export``): on BERT the legacy TorchScript
-exporter bakes the traced sequence length into the attention-mask arithmetic, and its graph
-disagrees with eager PyTorch at other lengths (max |logit error| 0.012 on a tiny BERT, against
-4e-9 for the dynamo graph; see tests/test_onnx_export.py). The artifact is the .onnx file as
-shipped; its size is what is recorded.
+"""Export to ONNX and run on ONNX Runtime: fp32, dynamic int8, or static int8 (QDQ) calibrated on
+the task's training data. The artifact is the .onnx file as shipped; its size is what is recorded.
 """
 
 from __future__ import annotations
@@ -18,66 +13,115 @@ from typing import ClassVar
 import torch
 
 from compresslab.methods.base import Method, StageContext
+from compresslab.models.backends import OrtBackend
+from compresslab.models.export import OPSET, export_graph
+from compresslab.models.graph_runner import GraphRunner, write_runtime
 from compresslab.models.loading import load_pretrained, load_tokenizer
-from compresslab.models.ort_runner import write_runtime
 
 log = logging.getLogger(__name__)
 
-QUANTIZATIONS = (None, "dynamic-int8")
+QUANTIZATIONS = (None, "dynamic-int8", "static-int8")
 MODEL_FILE = "model.onnx"
-OPSET = 18
-SAMPLE_TEXTS = ("a sample text to trace the graph", "and a second, longer sample text of a few more words")
+CALIBRATION_MAX_TOKENS = {"classifier": 128, "causal-lm": 256}
 
 
-def export_classifier(model: torch.nn.Module, tokenizer, path: Path) -> None:
-    """Dynamo export with dynamic batch and sequence axes, traced on a padded batch of two."""
-    sample = dict(tokenizer(list(SAMPLE_TEXTS), padding="max_length", max_length=32, return_tensors="pt"))
-    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=512)
-    program = torch.onnx.export(model, (), kwargs=sample, input_names=list(sample), output_names=["logits"],
-                                dynamic_shapes={name: {0: batch, 1: seq} for name in sample},
-                                dynamo=True, opset_version=OPSET, external_data=False, verbose=False)
-    program.save(str(path))
+def export_to(src: Path, ctx: StageContext, path: Path) -> None:
+    """The stage's input checkpoint as an fp32 ONNX graph at ``path``."""
+    model = load_pretrained(src, ctx.kind, dtype=torch.float32)
+    export_graph(model, ctx.kind, load_tokenizer(ctx.base_dir), path)
 
 
-def quantize_dynamic_int8(source: Path, target: Path) -> None:
-    """ORT dynamic quantization: int8 weights (per channel) for MatMul/Gather, uint8 activations
-    quantized on the fly.
+def calibration_feeds(graph: Path, ctx: StageContext, n: int) -> list[dict]:
+    """``n`` graph feeds (one text each) from the task's training split, built by the same runner
+    code that feeds the graph at inference: the decoder's position_ids and empty past included."""
+    tokenizer = load_tokenizer(ctx.base_dir)
+    runner = GraphRunner(OrtBackend(graph, "cpu", torch.get_num_threads()), tokenizer, "cpu", ctx.kind)
+    if ctx.kind == "classifier":
+        texts = [example.text for example in ctx.training_examples(n)]
+    else:
+        texts = ctx.calibration_texts(n)
+    feeds = []
+    for text in texts:
+        inputs = tokenizer(text, truncation=True, max_length=CALIBRATION_MAX_TOKENS[ctx.kind], return_tensors="pt")
+        feeds.append(runner.feeds(dict(inputs)))
+    return feeds
 
-    The dynamo exporter leaves shape hints (value_info) that ORT's quantizer re-infers and finds
-    inconsistent ("Inferred shape and existing shape differ"); they are only hints, so they go.
-    """
+
+def without_shape_hints(source: Path, target: Path) -> None:
+    """The dynamo exporter leaves shape hints (value_info) that ORT's quantizer re-infers and
+    finds inconsistent ("Inferred shape and existing shape differ"); they are only hints."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     graph = onnx.load(str(source))
     del graph.graph.value_info[:]
+    onnx.save(graph, str(target))
+
+
+def quantize_dynamic_int8(source: Path, target: Path) -> None:
+    """Int8 weights (per channel) for MatMul/Gather, activations quantized on the fly."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
     with tempfile.TemporaryDirectory(prefix="compresslab-ort-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        onnx.save(graph, str(prepared))
+        without_shape_hints(source, prepared)
         quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8, per_channel=True)
+
+
+class FeedReader:
+    """onnxruntime.quantization's CalibrationDataReader over prepared feeds."""
+
+    def __init__(self, feeds: list[dict]):
+        self._feeds = iter(feeds)
+
+    def get_next(self) -> dict | None:
+        return next(self._feeds, None)
+
+
+def quantize_static_int8(source: Path, target: Path, feeds: list[dict], kind: str) -> None:
+    """QDQ int8, activation ranges calibrated (min-max) on the feeds. A decoder gets its weight
+    MatMuls quantized and nothing else: int8 attention products, norms or the residual stream
+    wreck its perplexity."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    decoder = kind == "causal-lm"
+    with tempfile.TemporaryDirectory(prefix="compresslab-ort-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        without_shape_hints(source, prepared)
+        quantize_static(str(prepared), str(target), FeedReader(feeds), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        calibrate_method=CalibrationMethod.MinMax,
+                        op_types_to_quantize=["MatMul"] if decoder else None,
+                        extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": False})
 
 
 @dataclass(frozen=True)
 class OrtExport(Method):
     quantization: str | None = None
+    calibration_samples: int = 64  # static-int8 only: texts of the task's training split
     family: ClassVar[str] = "ort"
     requires_packages: ClassVar[tuple[str, ...]] = ("onnxruntime", "onnxscript")
-    kinds: ClassVar[tuple[str, ...]] = ("classifier",)  # decoders need the KV-cache export (not built yet)
 
     def __post_init__(self) -> None:
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"OrtExport.quantization must be one of {', '.join(map(str, QUANTIZATIONS))}, "
                              f"got {self.quantization!r}")
 
+    @property
+    def needs_calibration(self) -> bool:  # type: ignore[override]  # calibration data enters the cache key
+        return self.quantization == "static-int8"
+
     def apply(self, src: Path, out: Path, ctx: StageContext) -> None:
-        model = load_pretrained(src, ctx.kind, dtype=torch.float32)
-        tokenizer = load_tokenizer(ctx.base_dir)
+        target = out / MODEL_FILE
         if self.quantization is None:
-            export_classifier(model, tokenizer, out / MODEL_FILE)
+            export_to(src, ctx, target)
         else:
             with tempfile.TemporaryDirectory(prefix="compresslab-onnx-") as tmp:
                 fp32 = Path(tmp) / MODEL_FILE
-                export_classifier(model, tokenizer, fp32)
-                quantize_dynamic_int8(fp32, out / MODEL_FILE)
+                export_to(src, ctx, fp32)
+                if self.quantization == "dynamic-int8":
+                    quantize_dynamic_int8(fp32, target)
+                else:
+                    feeds = calibration_feeds(fp32, ctx, self.calibration_samples)
+                    quantize_static_int8(fp32, target, feeds, ctx.kind)
         write_runtime(out, "onnxruntime", MODEL_FILE, exporter="torch.onnx dynamo", opset=OPSET,
                       quantization=self.quantization)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from compresslab.models.loading import QUANTO_QMAP, load_pretrained, load_tokenizer
-from compresslab.models.ort_runner import load_ort_runner, runtime_of
+from compresslab.models.graph_runner import GraphRunner, load_graph_runner, runtime_of
 from compresslab.models.spec import ModelKind
 
 
@@ -41,15 +41,32 @@ class TorchRunner:
     def is_causal_lm(self) -> bool:
         return self.kind == "causal-lm"
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {"runtime": "torch", "intra_op_threads": torch.get_num_threads(),
+                "inter_op_threads": torch.get_num_interop_threads()}
+
+    # The decode loop, as GraphRunner's: state = the KV cache after the last call.
+    def start(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        return self._forward(input_ids, None)
+
+    def step(self, token_ids: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        return self._forward(token_ids, state)
+
+    def _forward(self, ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+        with torch.inference_mode() if self.inference_mode else torch.no_grad():
+            out = self.model(input_ids=ids.to(self.device), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1], out.past_key_values
+
     def n_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def load_runner(artifact: Path, base: Path, kind: ModelKind, device: str) -> TorchRunner:
+def load_runner(artifact: Path, base: Path, kind: ModelKind, device: str) -> TorchRunner | GraphRunner:
     """The artifact's model with the baseline's tokenizer (compression never changes the tokenizer)."""
     runtime = runtime_of(artifact)
     if runtime is not None:  # an exported graph runs on its own runtime
-        return load_ort_runner(artifact, load_tokenizer(base), kind, device, runtime)
+        return load_graph_runner(artifact, load_tokenizer(base), kind, device, runtime)
     model = load_pretrained(artifact, kind, device=device, dtype="auto")
     if device.startswith("cuda"):
         model = semi_structured_on_gpu(model, Path(artifact))

@@ -1,0 +1,98 @@
+"""The two graph runtimes behind one small interface: input names, ``run(feeds)``, settings.
+
+Threads are pinned to PyTorch's count (the suite pins every runtime to ``--compresslab-threads``
+for a fair comparison). ONNX Runtime's intra-op spinning is off: a spinning ORT pool next to
+PyTorch's on 2 cores slows both by orders of magnitude. OpenVINO's CPU plugin computes in bf16
+by default on CPUs that have it, so its precision hint is set explicitly (f32) and recorded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compresslab.methods.base import MethodUnsupported
+
+OV_PRECISION = "f32"  # true fp32 arithmetic: rows compare compression, not the CPU plugin's bf16 default
+
+
+def ort_session_options(threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
+def ort_providers(device: str) -> list:
+    if device.startswith("cuda"):
+        index = int(device.split(":")[1]) if ":" in device else 0
+        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OrtBackend:
+    def __init__(self, model_file: Path, device: str, threads: int):
+        import onnxruntime as ort
+
+        providers = ort_providers(device)
+        if device.startswith("cuda") and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise MethodUnsupported("ONNX Runtime here has no CUDA execution provider (pip install compresslab[gpu] "
+                                    "for onnxruntime-gpu)")
+        self.session = ort.InferenceSession(str(model_file), sess_options=ort_session_options(threads),
+                                            providers=providers)
+        self.input_names = tuple(i.name for i in self.session.get_inputs())
+        self.input_shapes = {i.name: list(i.shape) for i in self.session.get_inputs()}
+        self.output_names = tuple(o.name for o in self.session.get_outputs())
+        self.settings = {"runtime": "onnxruntime", "providers": self.session.get_providers(),
+                         "intra_op_threads": threads, "inter_op_threads": 1, "spinning": False,
+                         "graph_optimization": "ORT_ENABLE_ALL"}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, feeds)
+
+
+def ov_device(device: str) -> str:
+    """OpenVINO has no CUDA plugin: on a CUDA machine its graphs run on the CPU plugin."""
+    if device.startswith("cuda"):
+        raise MethodUnsupported("OpenVINO runs on CPU (or an Intel GPU), not on CUDA devices")
+    return "CPU"
+
+
+def ov_config(threads: int) -> dict[str, Any]:
+    return {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": OV_PRECISION,
+            "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+
+
+class OpenVinoBackend:
+    def __init__(self, model_file: Path, device: str, threads: int):
+        import openvino as ov
+
+        target = ov_device(device)
+        core = ov.Core()
+        self.compiled = core.compile_model(core.read_model(str(model_file)), target, ov_config(threads))
+        self.request = self.compiled.create_infer_request()
+        self.input_names = tuple(i.get_any_name() for i in self.compiled.inputs)
+        self.input_shapes = {i.get_any_name(): [d.get_length() if d.is_static else None for d in i.get_partial_shape()]
+                             for i in self.compiled.inputs}
+        self.output_names = tuple(o.get_any_name() for o in self.compiled.outputs)
+        self.settings = {"runtime": "openvino", "device": target,
+                         "threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
+                         "precision": self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
+                         "performance_hint": "LATENCY", "streams": 1}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        results = self.request.infer(feeds)
+        # copies: the request reuses its output buffers on the next call, and the decode loop
+        # feeds this step's presents into the next one
+        return [np.array(results[output]) for output in self.compiled.outputs]
+
+
+BACKENDS = {"onnxruntime": OrtBackend, "openvino": OpenVinoBackend}
