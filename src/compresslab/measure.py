@@ -188,6 +188,7 @@ class CaseRunner:
             "baseline_build_s": artifact.stages[0].build_s,
             "artifact_key": artifact.entry.key,
             "task_details": details,
+            "runtime": runner.settings,  # threads (and precision) each runtime ran with
         })
         if runner.model is not None:  # exported graphs have no torch module to inspect
             info.update(sparsity.sparsity_info(runner.model))

@@ -8,7 +8,7 @@ from typing import Any
 METRIC_LABELS = {"accuracy": "acc", "macro_f1": "F1", "micro_f1": "microF1", "perplexity": "ppl",
                  "zeroshot_accuracy": "0-shot"}
 COLUMNS = ("model", "method", "result", "metrics", "recovery", "size MB", "size x", "zstd MB", "sparsity", "p50 ms",
-           "speedup")
+           "speedup", "b16 ms", "b16 x", "decode tok/s", "decode x")
 
 
 def _num(value: Any, fmt: str) -> str:
@@ -45,6 +45,10 @@ def row(record: dict[str, Any]) -> tuple[str, ...]:
         _num(extra.get("sparsity"), ".0%"),
         _num(extra.get("latency_p50_ms"), ".2f"),
         _num(extra.get("speedup_vs_baseline"), ".2f"),
+        _num(extra.get("latency_b16_p50_ms"), ".2f"),
+        _num(extra.get("speedup_b16_vs_baseline"), ".2f"),
+        _num(extra.get("decode_tokens_per_s"), ".1f"),
+        _num(extra.get("decode_speedup_vs_baseline"), ".2f"),
     )
 
 

@@ -91,7 +91,10 @@ def quantize_static_int8(source: Path, target: Path, feeds: list[dict], kind: st
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                         calibrate_method=CalibrationMethod.MinMax,
                         op_types_to_quantize=["MatMul"] if decoder else None,
-                        extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": False})
+                        extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": False,
+                                       # fold ranges every few samples: a decoder's activations of
+                                       # all samples at once would not fit in memory
+                                       "CalibMaxIntermediateOutputs": 4})
 
 
 @dataclass(frozen=True)
