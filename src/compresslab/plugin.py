@@ -175,6 +175,8 @@ class Case:
                 self.suite._baseline_latency.setdefault(self.spec.id, stats)
             base = self.suite.baseline_latency(self.spec, self.baseline)
             self.extra.update(stats.as_ms())
+            # the raw rounds, so `compresslab compare` can test a latency change statistically
+            self.extra["latency_samples_ms"] = [round(1e3 * s, 6) for s in stats.samples_s]
             self.extra["baseline_latency_p50_ms"] = 1e3 * base.median_s
             self.extra["speedup_vs_baseline"] = base.median_s / stats.median_s
         self.extra["latency_input_shape"] = list(inputs["input_ids"].shape)
@@ -280,6 +282,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         "extra_info": dict(case.extra) if case else {},
     }
     item.config._compresslab_records.append(record)
+    benchmark = getattr(item, "funcargs", {}).get("benchmark")
+    if benchmark is not None:  # pytest-benchmark's JSON then says how the case ended, floors included
+        benchmark.extra_info.update(outcome=report.outcome, floor_violations=record["extra_info"].get(
+            "floor_violations", []))
 
 
 def _is_final(report: pytest.TestReport) -> bool:
