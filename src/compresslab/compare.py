@@ -220,7 +220,7 @@ def _value(name: str, value: float | None) -> str:
         return f"{value:.0f} MB"
     if name == "speedup":
         return f"{value:.2f}x"
-    return f"{value:.4g}"
+    return f"{value:.4f}" if 0 <= value <= 1 else f"{value:.4g}"
 
 
 def _cell(delta: Delta | None) -> str:
@@ -242,8 +242,9 @@ def _outcome(row: Row) -> str:
     return row.head.outcome
 
 
-def render(comparison: Comparison) -> str:
-    """Per model: one row per benchmark, head values with their change against base."""
+def render(comparison: Comparison, list_regressions: bool = True) -> str:
+    """Per model: one row per benchmark, head values with their change against base; then each
+    regression on its own line (unless the caller lists them itself) and a closing summary."""
     from compresslab.report import format_table
 
     rules = " ".join(rule.text for rule in comparison.rules) or "none (report only)"
@@ -259,7 +260,7 @@ def render(comparison: Comparison) -> str:
         lines += [model, *("  " + line for line in format_table(header, body)), ""]
     lines.append("values are head's, changes are head vs base; ! marks the value that broke a rule")
     regressions = comparison.regressions
-    for row, message in regressions:
+    for row, message in regressions if list_regressions else ():
         lines.append(f"REGRESSION {row.model} {row.method}: {message}")
     counts = {status: sum(row.status == status for row in comparison.rows) for status in ("both", "new", "missing")}
     summary = f"{counts['both']} compared, {counts['new']} new, {counts['missing']} missing"

@@ -40,11 +40,40 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="peak-memory pass: a fresh process per artifact (default) or off")
     group.addoption("--compresslab-reeval", action="store_true",
                     help="re-measure task metrics even when this artifact's evaluation is cached")
+    group.addoption("--compresslab-baseline", default=None, metavar="RUN",
+                    help="gate this run against a saved run (file, run number or commit glob, as in "
+                         "`compresslab compare`): a regression by --compresslab-fail fails the session")
+    group.addoption("--compresslab-fail", action="append", default=[], metavar="RULE",
+                    help="regression rule for --compresslab-baseline, e.g. size:+1%% latency:+10%% accuracy:-0.5pt; "
+                         "repeat or comma-separate")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "compresslab(model, method): a compression case")
     config._compresslab_records = []  # type: ignore[attr-defined]
+    config._compresslab_gate = None if hasattr(config, "workerinput") else gate_settings(config)
+
+
+@dataclass(frozen=True)
+class Gate:
+    baseline: Any  # runs.Run
+    rules: list
+
+
+def gate_settings(config: pytest.Config) -> Gate | None:
+    """Load the baseline and parse the rules up front: a typo fails in a second, not after the run."""
+    spec, rules = config.getoption("--compresslab-baseline"), config.getoption("--compresslab-fail")
+    if spec is None:
+        if rules:
+            raise pytest.UsageError("--compresslab-fail needs --compresslab-baseline=RUN to compare against")
+        return None
+    from compresslab import compare, runs
+
+    try:
+        baseline = runs.load(spec, Path(config.rootpath))
+        return Gate(baseline, compare.parse_rules(rules, compare.valid_fields(baseline)))
+    except ValueError as err:  # RunError, RuleError
+        raise pytest.UsageError(f"--compresslab-baseline/--compresslab-fail: {err}") from None
 
 
 @dataclass
@@ -322,6 +351,23 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not results_dir.is_absolute():
         results_dir = Path(config.rootpath) / results_dir
     config._compresslab_sidecar = results.write_sidecar(records, results_dir)
+    if config._compresslab_gate is not None:
+        check_gate(session, config._compresslab_gate, records)
+
+
+def check_gate(session: pytest.Session, gate: Gate, records: list[dict[str, Any]]) -> None:
+    """Compare this run with the baseline; a regression turns a passing session into a failing one."""
+    from compresslab import compare, runs
+
+    head = runs.from_records(records, session.config._compresslab_sidecar)
+    try:
+        session.config._compresslab_comparison = compare.compare(gate.baseline, head, gate.rules)
+    except runs.RunError as err:
+        session.config._compresslab_gate_error = str(err)
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR
+        return
+    if session.config._compresslab_comparison.regressions and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -336,3 +382,25 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     sidecar = getattr(config, "_compresslab_sidecar", None)
     if sidecar:
         terminalreporter.write_line(f"sidecar: {sidecar}")
+    gate_summary(terminalreporter, config)
+
+
+def gate_summary(terminalreporter, config: pytest.Config) -> None:
+    from compresslab import compare
+
+    error = getattr(config, "_compresslab_gate_error", None)
+    if error:
+        terminalreporter.write_sep("=", "compresslab gate: cannot compare", red=True)
+        terminalreporter.write_line(error)
+        return
+    comparison = getattr(config, "_compresslab_comparison", None)
+    if comparison is None:
+        return
+    terminalreporter.write_sep("=", f"compresslab compare vs {comparison.base.path.name}")
+    for line in compare.render(comparison, list_regressions=False).splitlines():
+        terminalreporter.write_line(line)
+    regressions = comparison.regressions
+    if regressions:
+        terminalreporter.write_sep("=", f"compresslab regressions: {len(regressions)}", red=True)
+        for row, message in regressions:
+            terminalreporter.write_line(f"{row.model}-{row.method}: {message}", red=True)

@@ -8,6 +8,7 @@ failed cases. Both become a :class:`Run` of :class:`Record` keyed by benchmark n
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,9 +94,9 @@ def locate(spec: str, root: Path = Path(".")) -> Path:
             return matches[0]
         raise RunError(f"no run numbered {int(spec):04d} in {storage}")
     # file names start with the run number or the time, so "ce99a7d*" must match after a prefix
-    pattern = f"*{spec}" if any(c in spec for c in "*?[") else f"*{spec}*"
-    for found in (storage.glob(f"*/{pattern}.json"), (root / RESULTS_DIR / "runs").glob(f"{pattern}.json")):
-        matches = sorted(found, key=lambda p: p.name)
+    pattern = f"*{spec}.json" if any(c in spec for c in "*?[") else f"*{spec}*.json"
+    for found in (storage.glob("*/*.json"), (root / RESULTS_DIR / "runs").glob("*.json")):
+        matches = sorted((p for p in found if fnmatch.fnmatch(p.name, pattern)), key=lambda p: p.name)
         if matches:  # numbered or time-stamped names: the last in order is the newest
             return matches[-1]
     raise RunError(f"{spec}: no such file, and no saved run in {storage} or {root / RESULTS_DIR / 'runs'} matches it")
