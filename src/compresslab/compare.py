@@ -5,8 +5,9 @@ the direction that is bad (``+``: an increase, ``-``: a decrease) and how much o
 ``%`` relative to the base value, ``pt`` absolute points of a 0..1 metric (0.5pt = 0.005).
 
 Latency is noisy, so a latency (or speedup) rule fails only when the medians moved past the
-threshold *and* a one-sided Mann-Whitney U test on the stored rounds says the shift is not noise
-(p < alpha). Without stored rounds the threshold alone decides, and the row says so.
+threshold *and* the stored rounds say the shift is not noise: a one-sided Mann-Whitney U test
+(p < alpha) and a bootstrap 95% interval of the median ratio that excludes 1. Without stored
+rounds the threshold alone decides, and the row says so.
 """
 
 from __future__ import annotations
@@ -75,6 +76,13 @@ class ShiftTest:
     ratio: float
     p_value: float
     ci: tuple[float, float]
+    worse: str = "greater"
+
+    def significant(self, alpha: float) -> bool:
+        """Both agree: the rank test, and the interval lies wholly on the bad side of 1. Heavy
+        contention makes a few rounds explode; the rank test alone can then call noise a shift."""
+        beyond = self.ci[0] > 1 if self.worse == "greater" else self.ci[1] < 1
+        return self.p_value < alpha and beyond
 
     def describe(self) -> str:
         return f"p={self.p_value:.2g}, median ratio {self.ratio:.3f} (95% CI {self.ci[0]:.3f}-{self.ci[1]:.3f})"
@@ -92,7 +100,7 @@ def shift_test(base: tuple[float, ...], head: tuple[float, ...], worse: str = "g
     ratios = (np.median(rng.choice(head_a, (resamples, head_a.size)), axis=1)
               / np.median(rng.choice(base_a, (resamples, base_a.size)), axis=1))
     low, high = np.percentile(ratios, [2.5, 97.5])
-    return ShiftTest(float(np.median(head_a) / np.median(base_a)), p_value, (float(low), float(high)))
+    return ShiftTest(float(np.median(head_a) / np.median(base_a)), p_value, (float(low), float(high)), worse)
 
 
 def _samples(record: Record, name: str) -> tuple[float, ...] | None:
@@ -144,7 +152,7 @@ def field_delta(name: str, base: Record, head: Record, rule: Rule | None, alpha:
         return Delta(name, before, after, None, test)
     beyond = rule.exceeded(before, after)
     note = "" if test or name not in SAMPLED else "no samples; threshold only"
-    return Delta(name, before, after, rule, test, beyond and (test is None or test.p_value < alpha), note)
+    return Delta(name, before, after, rule, test, beyond and (test is None or test.significant(alpha)), note)
 
 
 @dataclass
@@ -250,7 +258,7 @@ def render(comparison: Comparison, list_regressions: bool = True) -> str:
     rules = " ".join(rule.text for rule in comparison.rules) or "none (report only)"
     lines = [f"base: {comparison.base.describe()}", f"head: {comparison.head.describe()}",
              f"rules: {rules}; latency and speedup also need a one-sided Mann-Whitney U p < {comparison.alpha:g} "
-             "on the stored rounds", ""]
+             "and a 95% interval of the median ratio beyond 1 on the stored rounds", ""]
     for model in sorted({row.model for row in comparison.rows}):
         rows = [row for row in comparison.rows if row.model == model]
         fields = list(dict.fromkeys(f for row in rows for f in row.deltas))
@@ -265,7 +273,10 @@ def render(comparison: Comparison, list_regressions: bool = True) -> str:
     counts = {status: sum(row.status == status for row in comparison.rows) for status in ("both", "new", "missing")}
     summary = f"{counts['both']} compared, {counts['new']} new, {counts['missing']} missing"
     if regressions:
-        names = ", ".join(dict.fromkeys(f"{row.model}-{row.method} ({message.split()[0]})" for row, message in regressions))
+        fields: dict[str, list[str]] = {}
+        for row, message in regressions:
+            fields.setdefault(f"{row.model}-{row.method}", []).append(message.split()[0])
+        names = ", ".join(f"{name} ({', '.join(found)})" for name, found in fields.items())
         lines.append(f"{len(regressions)} regression{'s' * (len(regressions) != 1)} ({summary}): {names}")
     else:
         lines.append(f"no regressions ({summary})")

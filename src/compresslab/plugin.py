@@ -357,9 +357,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def check_gate(session: pytest.Session, gate: Gate, records: list[dict[str, Any]]) -> None:
     """Compare this run with the baseline; a regression turns a passing session into a failing one."""
-    from compresslab import compare, runs
+    from compresslab import compare, results, runs
 
-    head = runs.from_records(records, session.config._compresslab_sidecar)
+    sidecar = session.config._compresslab_sidecar
+    head = runs.from_document(results.load(sidecar), sidecar)
     try:
         session.config._compresslab_comparison = compare.compare(gate.baseline, head, gate.rules)
     except runs.RunError as err:

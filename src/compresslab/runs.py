@@ -127,11 +127,6 @@ def from_document(document: dict[str, Any], path: Path) -> Run:
                created=document.get("created") or document.get("datetime"))
 
 
-def from_records(records: list[dict[str, Any]], path: Path) -> Run:
-    """The in-run records of the plugin (the sidecar's benchmarks) as a Run."""
-    return from_document({"schema": results.SIDECAR_SCHEMA, "compresslab_version": "", "benchmarks": records}, path)
-
-
 def _samples(extra: dict[str, Any], stats: dict[str, Any] | None = None) -> tuple[float, ...] | None:
     samples = extra.get("latency_samples_ms")
     if samples:
