@@ -20,7 +20,8 @@ from compresslab.report import BASELINE_ROW, METRIC_LABELS
 from compresslab.runs import Record, Run, RunError
 
 ALPHA = 0.05
-SIZE_FIELDS = {"size": "size MB", "latency": "p50 ms", "speedup": "speedup", "memory": "memory MB"}
+# fields every record may have (beside its task metrics), with their column titles
+GENERIC_FIELDS = {"size": "size MB", "latency": "p50 ms", "speedup": "speedup", "memory": "memory MB"}
 SAMPLED = {"latency", "speedup"}
 RULE = re.compile(r"^(?P<field>[A-Za-z][\w-]*):(?P<sign>[+-])(?P<amount>\d+(?:\.\d+)?)(?P<unit>%|pt)$")
 
@@ -48,7 +49,7 @@ class Rule:
 
 def valid_fields(*runs: Run) -> list[str]:
     metrics = {name for run in runs for r in run.records.values() for name in r.metrics}
-    return [*SIZE_FIELDS, *sorted(metrics | set(METRIC_LABELS))]
+    return [*GENERIC_FIELDS, *sorted(metrics | set(METRIC_LABELS))]
 
 
 def parse_rules(texts: Iterable[str], fields: Iterable[str]) -> list[Rule]:
@@ -62,7 +63,7 @@ def parse_rules(texts: Iterable[str], fields: Iterable[str]) -> list[Rule]:
         name, unit = match["field"], match["unit"]
         if name not in fields:
             raise RuleError(f"unknown field {name!r} in rule {text!r}; valid fields: {', '.join(fields)}")
-        if unit == "pt" and name in SIZE_FIELDS:
+        if unit == "pt" and name in GENERIC_FIELDS:
             raise RuleError(f"rule {text!r}: points (pt) are for 0..1 task metrics; use % for {name}")
         amount = float(match["amount"]) / 100
         rules.append(Rule(name, 1 if match["sign"] == "+" else -1, amount, unit, text))
@@ -128,7 +129,7 @@ class Delta:
     @property
     def points(self) -> bool:
         """Shown as absolute points: a 0..1 task metric."""
-        return self.field not in SIZE_FIELDS and all(v is not None and 0 <= v <= 1 for v in (self.base, self.head))
+        return self.field not in GENERIC_FIELDS and all(v is not None and 0 <= v <= 1 for v in (self.base, self.head))
 
     def change_text(self) -> str:
         if self.base is None or self.head is None:
@@ -262,7 +263,7 @@ def render(comparison: Comparison, list_regressions: bool = True) -> str:
     for model in sorted({row.model for row in comparison.rows}):
         rows = [row for row in comparison.rows if row.model == model]
         fields = list(dict.fromkeys(f for row in rows for f in row.deltas))
-        header = ("method", "outcome", *(SIZE_FIELDS.get(f, METRIC_LABELS.get(f, f)) for f in fields), "verdict")
+        header = ("method", "outcome", *(GENERIC_FIELDS.get(f, METRIC_LABELS.get(f, f)) for f in fields), "verdict")
         body = [(row.method, _outcome(row), *(_cell(row.deltas.get(f)) for f in fields),
                  "REGRESSION" if row.regressions else "") for row in rows]
         lines += [model, *("  " + line for line in format_table(header, body)), ""]

@@ -179,7 +179,7 @@ def _legend(fig, ax, largest_mb: float) -> None:
         handles.append(ax.scatter([], [], s=_marker_area(mb, largest_mb), color="tab:blue", alpha=0.35,
                                   label=f"{mb:g} MB"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9,
-               scatterpoints=1, handletextpad=0.3, columnspacing=1.2)
+               scatterpoints=1, handletextpad=0.9, columnspacing=1.5)
 
 
 def _reference_sizes(largest_mb: float) -> list[float]:
