@@ -58,7 +58,7 @@ def plot_model(model: str, records: list[dict[str, Any]], out: Path) -> Path | N
     if not cases:
         return None
     metrics = panel_metrics(cases)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(7.5 * len(metrics), 6.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(7.5 * len(metrics), 7.0), squeeze=False)
     largest = max(r["extra_info"]["size_bytes"] for r in cases) / 1e6
     shape = cases[0]["extra_info"].get("latency_input_shape")
     for ax, metric in zip(axes[0], metrics):
@@ -105,7 +105,7 @@ def _panel(ax, cases: list[dict[str, Any]], metric: str, largest_mb: float, shap
     ax.set_xlabel(f"p50 latency (ms, {batch})")
     ax.set_ylabel(METRIC_TITLES.get(metric, metric))
     ax.grid(True, alpha=0.3)
-    _place_labels(ax, xs, ys, labels, [not f for f in flags])
+    _place_labels(ax, xs, ys, labels, [not f for f in flags], [_marker_area(s, largest_mb) for s in sizes])
 
 
 def _log_if_wide(axis, values, set_scale) -> None:
@@ -134,13 +134,20 @@ def _overlap(box, others) -> float:
     return total
 
 
-def _place_labels(ax, xs, ys, labels, emphasize) -> None:
+def _place_labels(ax, xs, ys, labels, emphasize, areas) -> None:
     """Greedy: each label takes the first nearby spot inside the axes that overlaps no placed label
-    (front labels first); when none is free, the spot that overlaps least."""
+    and no marker (front labels first); when none is free, the spot that overlaps least."""
+    from matplotlib.transforms import Bbox
+
     fig = ax.figure
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     frame = ax.get_window_extent(renderer)
+    markers = []
+    for x, y, area in zip(xs, ys, areas):  # scatter area is in points^2: radius in pixels
+        cx, cy = ax.transData.transform((x, y))
+        radius = (area ** 0.5) / 2 * fig.dpi / 72
+        markers.append(Bbox.from_extents(cx - radius, cy - radius, cx + radius, cy + radius))
     placed = []
     for i in sorted(range(len(xs)), key=lambda i: (not emphasize[i], xs[i])):
         best = None
@@ -153,7 +160,7 @@ def _place_labels(ax, xs, ys, labels, emphasize) -> None:
                                if n >= LEADER_FROM else None)
             box = text.get_window_extent(renderer).expanded(1.08, 1.3)
             inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
-            cost = _overlap(box, placed) + (0 if inside else 1e9)
+            cost = _overlap(box, placed) + 0.5 * _overlap(box, markers) + (0 if inside else 1e9)
             if best is None or cost < best[0]:
                 if best is not None:
                     best[1].remove()
