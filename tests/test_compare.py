@@ -1,0 +1,245 @@
+"""compresslab compare: rules, deltas, the statistical latency decision, run locating, exit codes."""
+
+import json
+
+import pytest
+
+from compresslab import cli, compare, runs
+from runfiles import as_pytest_benchmark, edit, samples, sidecar, write
+
+FIELDS = compare.valid_fields()
+
+
+# --- rules -------------------------------------------------------------------------------------
+
+def test_rules_parse_relative_and_points():
+    size, accuracy, perplexity = compare.parse_rules(["size:+1%, accuracy:-0.5pt", "perplexity:+2%"], FIELDS)
+    assert (size.field, size.direction, size.amount, size.unit) == ("size", 1, 0.01, "%")
+    assert (accuracy.direction, accuracy.unit) == (-1, "pt") and accuracy.amount == pytest.approx(0.005)
+    assert perplexity.exceeded(20.0, 20.5) and not perplexity.exceeded(20.0, 20.3)
+    assert accuracy.exceeded(0.90, 0.894) and not accuracy.exceeded(0.90, 0.896)
+    assert not accuracy.exceeded(0.90, 0.95)  # the good direction never fails
+
+
+@pytest.mark.parametrize("text, message", [
+    ("siz:+1%", "unknown field 'siz'"),
+    ("size:1%", "malformed rule"),
+    ("size:+1", "malformed rule"),
+    ("size+1%", "malformed rule"),
+    ("size:+1pt", "points (pt) are for 0..1 task metrics"),
+])
+def test_bad_rules_are_rejected_with_the_valid_fields(text, message):
+    with pytest.raises(compare.RuleError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        compare.parse_rules([text], FIELDS)
+
+
+def test_unknown_field_message_lists_valid_fields():
+    with pytest.raises(compare.RuleError) as err:
+        compare.parse_rules(["acuracy:-1pt"], FIELDS)
+    assert "valid fields: size, latency, speedup, memory, accuracy" in str(err.value)
+
+
+# --- the statistical decision ------------------------------------------------------------------
+
+def test_shifted_samples_are_a_significant_slowdown():
+    test = compare.shift_test(tuple(samples(10.0, 1)), tuple(samples(12.0, 2)))
+    assert test.p_value < 1e-6 and test.ratio == pytest.approx(1.2, rel=0.03)
+    assert test.ci[0] > 1.1 and test.ci[1] < 1.3
+
+
+def test_same_distribution_is_not_significant():
+    test = compare.shift_test(tuple(samples(10.0, 1)), tuple(samples(10.0, 2)))
+    assert test.p_value > 0.05 and test.ci[0] < 1 < test.ci[1]
+
+
+def test_rank_test_and_interval_must_agree():
+    # as measured on a contended 2-core VM: a few exploding rounds give p < 0.05 while the median
+    # ratio's interval still spans 1; that is noise, not a regression
+    assert not compare.ShiftTest(1.606, 0.044, (0.859, 5.443)).significant(0.05)
+    assert compare.ShiftTest(1.2, 0.001, (1.1, 1.3)).significant(0.05)
+    assert not compare.ShiftTest(1.2, 0.2, (1.1, 1.3)).significant(0.05)
+    assert compare.ShiftTest(0.8, 0.001, (0.7, 0.9), worse="less").significant(0.05)
+
+
+def compare_docs(base_doc, head_doc, *rules):
+    base = runs.from_document(base_doc, "base.json")
+    head = runs.from_document(head_doc, "head.json")
+    return compare.compare(base, head, compare.parse_rules(rules, FIELDS))
+
+
+def test_latency_regression_needs_threshold_and_significance():
+    base = sidecar(seed=1)
+    slower = compare_docs(base, edit(sidecar(seed=2), "minilm-sentiment", "int8-dynamic", latency_factor=1.2),
+                          "latency:+10%")
+    [(row, message)] = slower.regressions
+    assert row.method == "int8-dynamic" and message.startswith("latency") and "p=" in message
+    # noise only (another seed of the same distribution): no regression even with a tight threshold
+    assert not compare_docs(base, sidecar(seed=2), "latency:+1%").regressions
+    # significant but within the threshold: no regression
+    assert not compare_docs(base, edit(sidecar(seed=2), "minilm-sentiment", "int8-dynamic", latency_factor=1.05),
+                            "latency:+10%").regressions
+
+
+def test_latency_beyond_threshold_but_not_significant_is_no_regression():
+    base = sidecar(seed=1)
+    head = edit(sidecar(seed=2), "smollm2-135m", "int8-dynamic", latency_factor=1.12)
+    for record in head["benchmarks"]:  # two wild rounds each: the medians differ, the distributions overlap
+        record["extra_info"]["latency_samples_ms"] = record["extra_info"]["latency_samples_ms"][:3]
+    for record in base["benchmarks"]:
+        record["extra_info"]["latency_samples_ms"] = record["extra_info"]["latency_samples_ms"][:3]
+    result = compare_docs(base, head, "latency:+10%")
+    delta = next(r for r in result.rows if r.method == "int8-dynamic" and r.model == "smollm2-135m").deltas["latency"]
+    assert delta.rule.exceeded(delta.base, delta.head) and delta.test.p_value >= 0.05 and not delta.regression
+
+
+def test_without_samples_the_threshold_alone_decides_and_says_so():
+    base, head = sidecar(seed=1), edit(sidecar(seed=1), "minilm-sentiment", "fp32", latency_factor=1.3)
+    for document in (base, head):
+        for record in document["benchmarks"]:
+            del record["extra_info"]["latency_samples_ms"]
+    result = compare_docs(base, head, "latency:+10%")
+    [(_, message)] = result.regressions
+    assert "no samples; threshold only" in message
+    assert "(threshold only)" in compare.render(result)
+
+
+def test_speedup_rule_ignores_a_uniformly_slower_machine():
+    base = sidecar(seed=1)
+    head = sidecar(seed=2)
+    for record in head["benchmarks"]:  # everything 25% slower, the fp32 reference included
+        extra = record["extra_info"]
+        extra["latency_samples_ms"] = [s * 1.25 for s in extra["latency_samples_ms"]]
+        extra["latency_p50_ms"] *= 1.25
+        extra["baseline_latency_p50_ms"] *= 1.25
+    assert not compare_docs(base, head, "speedup:-10%").regressions
+    assert compare_docs(base, head, "latency:+10%").regressions
+
+
+# --- size, metrics, outcomes, rendering --------------------------------------------------------
+
+def test_five_percent_larger_artifact_is_named():
+    base = sidecar(seed=1)
+    head = edit(sidecar(seed=2), "minilm-sentiment", "int8-dynamic", size_factor=1.05)
+    result = compare_docs(base, head, "size:+1%", "latency:+10%")
+    [(row, message)] = result.regressions
+    assert (row.model, row.method) == ("minilm-sentiment", "int8-dynamic")
+    assert message.startswith("size 58.7 MB -> 61.6 MB (+5.0%; rule size:+1%")
+    text = compare.render(result)
+    assert "REGRESSION minilm-sentiment int8-dynamic: size" in text
+    assert text.splitlines()[-1].startswith("1 regression (4 compared, 0 new, 0 missing): "
+                                            "minilm-sentiment-int8-dynamic (size)")
+
+
+def test_metric_rules_in_points_and_percent():
+    base = sidecar(seed=1)
+    head = edit(edit(sidecar(seed=1), "minilm-sentiment", "int8-dynamic", accuracy=0.8800),
+                "smollm2-135m", "int8-dynamic", perplexity=23.0)
+    result = compare_docs(base, head, "accuracy:-0.5pt", "perplexity:+2%")
+    messages = sorted(message.split()[0] for _, message in result.regressions)
+    assert messages == ["accuracy", "perplexity"]
+    text = compare.render(result)
+    assert "0.8800 -0.68pt !" in text and "23 +3.5% !" in text
+
+
+def test_new_missing_and_changed_outcome_rows_are_marked():
+    base = sidecar(seed=1)
+    head = edit(sidecar(seed=1), "minilm-sentiment", "int8-dynamic", outcome="failed")
+    head["benchmarks"] = [b for b in head["benchmarks"] if b["method"] != "fp32" or b["model"] != "smollm2-135m"]
+    extra = json.loads(json.dumps(head["benchmarks"][0]))
+    extra.update(name="test_compression[minilm-sentiment-bf16]", method="bf16")
+    head["benchmarks"].append(extra)
+    result = compare_docs(base, head)
+    statuses = {(r.model, r.method): r.status for r in result.rows}
+    assert statuses[("smollm2-135m", "fp32")] == "missing" and statuses[("minilm-sentiment", "bf16")] == "new"
+    text = compare.render(result)
+    assert "CHANGED passed -> failed" in text and "missing: passed" in text and "new: passed" in text
+    [(row, message)] = result.regressions  # a case that now fails its floor is a regression
+    assert row.method == "int8-dynamic" and message.startswith("outcome passed -> failed")
+
+
+def test_runs_of_disjoint_models_are_bad_input():
+    lm_only = sidecar(seed=1)
+    lm_only["benchmarks"] = [b for b in lm_only["benchmarks"] if b["model"] == "smollm2-135m"]
+    clf_only = sidecar(seed=1)
+    clf_only["benchmarks"] = [b for b in clf_only["benchmarks"] if b["model"] == "minilm-sentiment"]
+    with pytest.raises(runs.RunError, match="share no model"):
+        compare_docs(lm_only, clf_only)
+
+
+# --- locating and loading runs -----------------------------------------------------------------
+
+def test_locate_by_file_number_and_commit_glob(tmp_path):
+    storage = tmp_path / ".benchmarks" / "Linux-CPython-3.11-64bit"
+    first = write(storage / f"0001_{'1' * 40}_20261125_100000.json", as_pytest_benchmark(sidecar(1, commit="1" * 40)))
+    second = write(storage / f"0002_{'abc1234' + '2' * 33}_20261125_110000.json",
+                   as_pytest_benchmark(sidecar(2, commit="abc1234" + "2" * 33)))
+    side = write(tmp_path / ".compresslab" / "runs" / "20261125T120000_fedcba9876.json", sidecar(3))
+    assert runs.locate("1", tmp_path) == first and runs.locate("0002", tmp_path) == second
+    assert runs.locate("abc1234*", tmp_path) == second and runs.locate("abc1234", tmp_path) == second
+    assert runs.locate("*_1111*", tmp_path) == first
+    assert runs.locate("fedcba98", tmp_path) == side
+    assert runs.locate(str(side), tmp_path) == side
+    with pytest.raises(runs.RunError, match="no run numbered 0007"):
+        runs.locate("7", tmp_path)
+    with pytest.raises(runs.RunError, match="no such file"):
+        runs.locate("deadbeef", tmp_path)
+
+
+def test_pytest_benchmark_json_and_sidecar_load_alike(tmp_path):
+    document = sidecar(seed=4)
+    from_sidecar = runs.load(write(tmp_path / "s.json", document))
+    from_benchmark = runs.load(write(tmp_path / "b.json", as_pytest_benchmark(document)))
+    assert from_sidecar.kind == "sidecar" and from_benchmark.kind == "pytest-benchmark"
+    assert from_sidecar.records.keys() == from_benchmark.records.keys()
+    for name, record in from_sidecar.records.items():
+        other = from_benchmark.records[name]
+        assert (record.model, record.method, record.outcome) == (other.model, other.method, other.outcome)
+        assert record.samples_ms == other.samples_ms and record.value("size") == other.value("size")
+
+
+def test_pytest_benchmark_saved_data_supplies_samples(tmp_path):
+    document = as_pytest_benchmark(sidecar(seed=4))
+    for bench in document["benchmarks"]:  # --benchmark-save-data, and an older plugin without the samples
+        bench["stats"]["data"] = [s / 1e3 for s in bench["extra_info"].pop("latency_samples_ms")]
+    run = runs.load(write(tmp_path / "b.json", document))
+    assert all(r.samples_ms and len(r.samples_ms) == 30 for r in run.records.values())
+
+
+# --- the CLI: exit codes -----------------------------------------------------------------------
+
+def cli_compare(tmp_path, base_doc, head_doc, *rules):
+    base, head = write(tmp_path / "base.json", base_doc), write(tmp_path / "head.json", head_doc)
+    return cli.main(["compare", str(base), str(head), *(f"--fail={r}" for r in rules)])
+
+
+def test_cli_exit_0_without_and_1_with_a_regression(tmp_path, capsys):
+    rules = ("size:+1%", "latency:+10%", "accuracy:-0.5pt", "perplexity:+2%")
+    assert cli_compare(tmp_path, sidecar(1), sidecar(2), *rules) == cli.EXIT_OK
+    assert capsys.readouterr().out.strip().endswith("no regressions (4 compared, 0 new, 0 missing)")
+    larger = edit(sidecar(2), "smollm2-135m", "int8-dynamic", size_factor=1.05)
+    assert cli_compare(tmp_path, sidecar(1), larger, *rules) == cli.EXIT_REGRESSION
+    assert "REGRESSION smollm2-135m int8-dynamic: size 220.5 MB -> 231.5 MB" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("head, rules, message", [
+    ("missing", (), "no such file"),
+    ("not-json", (), "not valid JSON"),
+    ("no-benchmarks", (), "no 'benchmarks' list"),
+    ("empty", (), "no compresslab benchmarks"),
+    ("other-model", (), "share no model"),
+    ("ok", ("accurcy:-1pt",), "unknown field 'accurcy'"),
+    ("ok", ("size:+abc%",), "malformed rule"),
+])
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys, head, rules, message):
+    base = write(tmp_path / "base.json", sidecar(1))
+    other = sidecar(1)
+    other["benchmarks"] = [dict(b, model="other-model") for b in other["benchmarks"]]
+    heads = {"not-json": "{nope", "no-benchmarks": json.dumps({"x": 1}),
+             "empty": json.dumps({"benchmarks": [{"name": "t", "extra_info": {}}]}),
+             "other-model": json.dumps(other), "ok": json.dumps(sidecar(2))}
+    path = tmp_path / "head.json"
+    if head in heads:
+        path.write_text(heads[head])
+    assert cli.main(["compare", str(base), str(path), *(f"--fail={r}" for r in rules)]) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("compresslab compare: ") and message in err and len(err.splitlines()) == 1
