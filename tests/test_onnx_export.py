@@ -10,7 +10,7 @@ import torch
 
 from compresslab import registry
 from compresslab.methods.base import MethodUnsupported
-from compresslab.methods.onnx_export import FeedReader, OrtExport, calibration_feeds
+from compresslab.methods.onnx_export import FeedReader, OrtExport, calibration_feeds, nodes_in_modules
 from compresslab.methods.openvino import OpenVinoExport
 from compresslab.models.decoding import greedy
 from compresslab.models.export import export_graph, past_names
@@ -163,6 +163,8 @@ def test_calibration_feeds_match_the_graph_inputs(decoder, classifier, tmp_path)
     assert set(feeds[0]) == names
     assert feeds[0]["past.0.key"].shape[2] == 0  # a prefill: empty cache
     assert feeds[0]["position_ids"][0].tolist() == list(range(feeds[0]["input_ids"].shape[1]))
+    down = nodes_in_modules(graph, ("down_proj",))  # kept fp32 by the decoder's int8 graphs
+    assert len(down) == model.config.num_hidden_layers and nodes_in_modules(graph, ()) == []
     reader = FeedReader(feeds)
     assert [reader.get_next() is not None for _ in range(4)] == [True, True, True, False]
     cbase, cmodel, _ = classifier

@@ -3,7 +3,8 @@ or compressed by NNCF: post-training int8 quantization of weights and activation
 weight compression.
 
 int4 is data-aware: NNCF ranks the layers by the Hessian of their inputs on calibration text and
-keeps the least robust ``1 - int4_ratio`` of them (and the embeddings and output layer) in int8.
+keeps the least robust ``1 - int4_ratio`` of them (and the embeddings and output layer) in int8;
+AWQ and scale estimation fit the int4 scales to the calibration activations.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ MODEL_FILE = "model.xml"
 ONNX_FILE = "model.onnx"
 
 
-def compress(model, compression: str, feeds: list[dict] | None, int4_ratio: float, group_size: int):
+def compress(model, compression: str, feeds: list[dict] | None, int4_ratio: float, group_size: int, awq: bool):
     import nncf
 
     if compression == "int8":
@@ -36,15 +37,17 @@ def compress(model, compression: str, feeds: list[dict] | None, int4_ratio: floa
         return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
     return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM, ratio=int4_ratio,
                                  group_size=group_size, dataset=nncf.Dataset(feeds), subset_size=len(feeds),
-                                 sensitivity_metric=nncf.SensitivityMetric.HESSIAN_INPUT_ACTIVATION)
+                                 sensitivity_metric=nncf.SensitivityMetric.HESSIAN_INPUT_ACTIVATION,
+                                 awq=awq, scale_estimation=awq)
 
 
 @dataclass(frozen=True)
 class OpenVinoExport(Method):
     compression: str | None = None
     calibration_samples: int = 64  # int8 and int4-weights: texts of the task's training split
-    int4_ratio: float = 0.8  # share of the weight-compressed layers in int4; the rest int8
+    int4_ratio: float = 0.6  # share of the weight-compressed layers in int4; the rest int8
     group_size: int = 64
+    awq: bool = True  # int4-weights: activation-aware scales (AWQ) and scale estimation on the calibration text
     family: ClassVar[str] = "openvino"
     requires_packages: ClassVar[tuple[str, ...]] = ("openvino", "nncf", "onnxruntime", "onnxscript")
     devices: ClassVar[tuple[str, ...]] = ("cpu",)  # no CUDA plugin; an Intel GPU is not a CUDA device
@@ -69,7 +72,7 @@ class OpenVinoExport(Method):
             model = ov.convert_model(str(graph))
             if self.compression is not None:
                 feeds = calibration_feeds(graph, ctx, self.calibration_samples) if self.needs_calibration else None
-                model = compress(model, self.compression, feeds, self.int4_ratio, self.group_size)
+                model = compress(model, self.compression, feeds, self.int4_ratio, self.group_size, self.awq)
             # fp32 stays fp32 on disk (save_model would halve it to fp16 by default)
             ov.save_model(model, str(out / MODEL_FILE), compress_to_fp16=False)
         write_runtime(out, "openvino", MODEL_FILE, converted_from="torch.onnx dynamo", precision_hint=OV_PRECISION,
