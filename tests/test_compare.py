@@ -36,7 +36,7 @@ def test_bad_rules_are_rejected_with_the_valid_fields(text, message):
 def test_unknown_field_message_lists_valid_fields():
     with pytest.raises(compare.RuleError) as err:
         compare.parse_rules(["acuracy:-1pt"], FIELDS)
-    assert "valid fields: size, latency, speedup, memory, accuracy" in str(err.value)
+    assert "valid fields: size, latency, speedup, memory, b16, decode, accuracy" in str(err.value)
 
 
 # --- the statistical decision ------------------------------------------------------------------
@@ -128,6 +128,21 @@ def test_five_percent_larger_artifact_is_named():
     assert "REGRESSION minilm-sentiment int8-dynamic: size" in text
     assert text.splitlines()[-1].startswith("1 regression (4 compared, 0 new, 0 missing): "
                                             "minilm-sentiment-int8-dynamic (size)")
+
+
+def test_second_workload_rules_batch16_latency_and_decode_throughput():
+    base, head = sidecar(seed=1), sidecar(seed=1)
+    for document, decode in ((base, 30.0), (head, 24.0)):
+        for record in document["benchmarks"]:
+            if record["model"] == "smollm2-135m":
+                record["extra_info"]["decode_tokens_per_s"] = decode
+            else:
+                record["extra_info"]["latency_b16_p50_ms"] = 100.0
+    result = compare_docs(base, head, "decode:-10%", "b16:+10%")
+    assert sorted((row.method, message.split()[0]) for row, message in result.regressions) == [
+        ("fp32", "decode"), ("int8-dynamic", "decode")]  # tokens/s fell 20%; batch-16 latency held
+    text = compare.render(result)
+    assert "decode tok/s" in text and "b16 ms" in text and "24 -20.0% !" in text
 
 
 def test_metric_rules_in_points_and_percent():

@@ -21,7 +21,9 @@ from compresslab.runs import Record, Run, RunError
 
 ALPHA = 0.05
 # fields every record may have (beside its task metrics), with their column titles
-GENERIC_FIELDS = {"size": "size MB", "latency": "p50 ms", "speedup": "speedup", "memory": "memory MB"}
+GENERIC_FIELDS = {"size": "size MB", "latency": "p50 ms", "speedup": "speedup", "memory": "memory MB",
+                  "b16": "b16 ms", "decode": "decode tok/s"}
+OPTIONAL_FIELDS = ("memory", "b16", "decode")  # shown only when a rule names them
 SAMPLED = {"latency", "speedup"}
 RULE = re.compile(r"^(?P<field>[A-Za-z][\w-]*):(?P<sign>[+-])(?P<amount>\d+(?:\.\d+)?)(?P<unit>%|pt)$")
 
@@ -211,7 +213,7 @@ def compare(base: Run, head: Run, rules: list[Rule], alpha: float = ALPHA) -> Co
         either = every[name]
         row = Row(name, either.model, either.method, before, after)
         if before and after:
-            shown = ["latency", "speedup", "size", *(["memory"] if "memory" in by_rule else []),
+            shown = ["latency", "speedup", "size", *(f for f in OPTIONAL_FIELDS if f in by_rule),
                      *dict.fromkeys([*before.metrics, *after.metrics])]
             row.deltas = {f: field_delta(f, before, after, by_rule.get(f), alpha) for f in shown}
         rows.append(row)

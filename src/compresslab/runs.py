@@ -20,6 +20,9 @@ BENCHMARKS_DIR = ".benchmarks"
 RESULTS_DIR = ".compresslab"
 RUN_NUMBER = re.compile(r"^\d{1,4}$")
 
+# the second timed workload of a case (trackers/workloads.py): rule field -> extra_info key
+SECOND_WORKLOAD_KEYS = {"b16": "latency_b16_p50_ms", "decode": "decode_tokens_per_s"}
+
 
 class RunError(ValueError):
     """A run that cannot be found or read: bad input (exit 2), never a regression."""
@@ -55,6 +58,8 @@ class Record:
             return extra.get("speedup_vs_baseline")
         if name == "memory":
             return extra.get("cuda_peak_mb") or extra.get("peak_rss_mb")
+        if name in SECOND_WORKLOAD_KEYS:
+            return extra.get(SECOND_WORKLOAD_KEYS[name])
         return self.metrics.get(name)
 
 
