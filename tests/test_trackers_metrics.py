@@ -46,6 +46,22 @@ def test_memory_peak_sees_a_transient_allocation():
     assert stats.cuda_peak_bytes is None
 
 
+@pytest.mark.skipif(memory.own_peak_rss() is None, reason="no /proc/self/status VmHWM on this platform")
+def test_probe_high_water_mark_is_its_own_not_the_forking_parents():
+    """A child started from a big process reports its own peak, as a memory probe must."""
+    import subprocess
+    import sys
+
+    held = np.ones(600 * 2**20 // 8)  # 600 MiB resident in this (parent) process
+    code = ("import resource; from compresslab.trackers.memory import own_peak_rss; "
+            "print(own_peak_rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    own, inherited = map(int, done.stdout.split())
+    # the child imports torch (about 220 MiB); ru_maxrss reported the parent's 600+ MiB here
+    assert own < 400 * 2**20, (own, inherited)
+    assert held.sum() > 0  # keep the block alive (and resident) until the child has run
+
+
 def test_fidelity_identical_and_different():
     logits = torch.randn(50, 5)
     same = fidelity.compare_logits(logits, logits.clone())

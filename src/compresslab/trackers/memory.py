@@ -8,6 +8,7 @@ CUDA: the allocator's exact peak (``torch.cuda.max_memory_allocated``).
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,6 +52,23 @@ class _RssSampler(threading.Thread):
 
 def current_rss() -> int:
     return psutil.Process().memory_info().rss
+
+
+def own_peak_rss() -> int | None:
+    """This process's own resident high-water mark (VmHWM, Linux), or None where there is none.
+
+    Not ``ru_maxrss``: Linux carries the forking parent's high-water mark across exec into the
+    child's ``ru_maxrss``, so a probe started from a 1.8 GB pytest process reported 1.8 GB for a
+    90 MB model. VmHWM belongs to the address space that exec creates fresh.
+    """
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024  # reported in kB
+    return None
 
 
 def measure_peak(fn: Callable[[], object], device: str = "cpu", rss_before: int | None = None) -> MemoryStats:
