@@ -376,10 +376,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         results_dir = Path(config.rootpath) / results_dir
     config._compresslab_sidecar = results.write_sidecar(records, results_dir)
     if config._compresslab_gate is not None:
-        check_gate(session, config._compresslab_gate, records)
+        check_gate(session, config._compresslab_gate)
 
 
-def check_gate(session: pytest.Session, gate: Gate, records: list[dict[str, Any]]) -> None:
+def check_gate(session: pytest.Session, gate: Gate) -> None:
     """Compare this run with the baseline; a regression turns a passing session into a failing one."""
     from compresslab import compare, results, runs
 

@@ -74,7 +74,8 @@ class GraphRunner:
             "token_type_ids": lambda: np.zeros(tuple(ids.shape), dtype=np.int64),
             "attention_mask": lambda: np.ones((ids.shape[0], past_len + ids.shape[1]), dtype=np.int64),
             # as eager PyTorch without position_ids: positions continue after the cache
-            "position_ids": lambda: np.broadcast_to(np.arange(past_len, past_len + ids.shape[1]), tuple(ids.shape)).copy(),
+            "position_ids": lambda: np.broadcast_to(np.arange(past_len, past_len + ids.shape[1]),
+                                                    tuple(ids.shape)).copy(),
         }
         feeds = dict(zip(self.past_names, past))
         for name in self.backend.input_names:
@@ -95,10 +96,9 @@ class GraphRunner:
 
     # The decode loop (batch 1 or equal-length rows): state = the presents of the last call.
     def start(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, list[np.ndarray]]:
-        outputs = self.backend.run(self.feeds({"input_ids": input_ids}))
-        return torch.from_numpy(outputs[0][:, -1]), outputs[1:]
+        return self.step(input_ids, None)  # a prefill is a step from the empty cache
 
-    def step(self, token_ids: torch.Tensor, state: list[np.ndarray]) -> tuple[torch.Tensor, list[np.ndarray]]:
+    def step(self, token_ids: torch.Tensor, state: list[np.ndarray] | None) -> tuple[torch.Tensor, list[np.ndarray]]:
         outputs = self.backend.run(self.feeds({"input_ids": token_ids}, past=state))
         return torch.from_numpy(outputs[0][:, -1]), outputs[1:]
 
