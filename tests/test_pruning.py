@@ -17,8 +17,8 @@ from compresslab.trackers.sparsity import block_sparsity, parameter_count, spars
 from tiny import (SyntheticSentiment, stage_context, tiny_bert_classifier, tiny_llama,
                   tokenizer)
 
-FAST = TrainBudget(classifier=FinetuneConfig(max_steps=15, batch_size=16, learning_rate=1e-3, time_budget_s=60),
-                   causal_lm=FinetuneConfig(max_steps=4, batch_size=2, max_length=32, time_budget_s=60))
+FAST = TrainBudget(classifier=FinetuneConfig(max_steps=15, batch_size=16, learning_rate=1e-3),
+                   causal_lm=FinetuneConfig(max_steps=4, batch_size=2, max_length=32))
 
 
 ctx = stage_context

@@ -19,8 +19,8 @@ from compresslab.trackers.sparsity import parameter_count
 from tiny import (SyntheticSentiment, stage_context, synthetic_examples, tiny_bert_classifier, tiny_llama,
                   tokenizer)
 
-CLASSIFIER = FinetuneConfig(max_steps=25, batch_size=16, learning_rate=1e-3, time_budget_s=60)
-LM = FinetuneConfig(max_steps=4, batch_size=2, max_length=32, learning_rate=1e-3, time_budget_s=60)
+CLASSIFIER = FinetuneConfig(max_steps=25, batch_size=16, learning_rate=1e-3)
+LM = FinetuneConfig(max_steps=4, batch_size=2, max_length=32, learning_rate=1e-3)
 FAST = TrainBudget(classifier=CLASSIFIER, causal_lm=LM)
 
 

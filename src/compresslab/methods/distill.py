@@ -23,12 +23,14 @@ from compresslab.models.finetune import FinetuneConfig, TrainBudget, train
 from compresslab.models.loading import load_pretrained
 from compresslab.models.structure import block_list, replace_module
 
+# Stopped by steps only; the safety limits are several times a run on 2 shared cores.
 DEFAULT_BUDGET = TrainBudget(
-    # about 0.8 s a step for a 3-layer MiniLM student plus its teacher on 2 cores
-    classifier=FinetuneConfig(max_steps=400, batch_size=32, learning_rate=1e-4, time_budget_s=420),
-    # a 15-layer SmolLM2 student and its 30-layer teacher on 4 x 256 tokens: a few seconds a step
+    # about 0.8 s a step for a 3-layer MiniLM student plus its teacher on 2 quiet cores: about 5 minutes
+    classifier=FinetuneConfig(max_steps=400, batch_size=32, learning_rate=1e-4),
+    # a 15-layer SmolLM2 student and its 30-layer teacher on 4 x 256 tokens: about 8 s a step on
+    # 2 loaded cores (50 of these 120 steps fitted the old 420 s budget), so 15 to 20 minutes
     causal_lm=FinetuneConfig(max_steps=120, batch_size=4, max_length=256, learning_rate=1e-4,
-                             time_budget_s=420),
+                             safety_limit_s=7200),
 )
 
 
@@ -78,7 +80,7 @@ class LayerDropDistill(Method):
         config = self.budget.for_kind(ctx.kind)
         record = train(student, training_batches(ctx, config),
                        distillation_loss(student, teacher, self.temperature, self.alpha), config,
-                       f"distill {len(kept)}-layer student")
+                       f"{ctx.model_id}: distill {len(kept)}-layer student")
         student.save_pretrained(out)
         write_record(out, "distill", {"kept_blocks": kept, "teacher_blocks": len(block_list(teacher)[1]),
                                       "temperature": self.temperature, "alpha": self.alpha, **record})

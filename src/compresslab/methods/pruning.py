@@ -112,7 +112,7 @@ class MagnitudePrune(Method):
             entry = {"round": round_, "target": target}
             if self.recovery is not None:
                 entry["recovery"] = recovery_finetune(model, ctx, self.recovery.for_kind(ctx.kind),
-                                                      f"prune round {round_}/{self.rounds}: recover")
+                                                      f"{ctx.model_id}: prune round {round_}/{self.rounds}: recover")
             record["rounds"].append(entry)
         for module in modules:
             prune.remove(module, "weight")  # weight = weight_orig * mask, permanently

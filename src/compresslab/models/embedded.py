@@ -33,7 +33,8 @@ def _require(asset: AssetFile) -> tuple[Path, str]:
 class MiniLMTweetClassifier:
     """all-MiniLM-L6-v2 encoder + a fresh 3-way head, fine-tuned on the tweet train split."""
 
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    # 250 steps, about 5 minutes on 2 quiet cores; always all of them (a loaded machine takes longer)
+    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(max_steps=250))
 
     def check_available(self) -> None:
         _require(MINILM_WEIGHTS)
