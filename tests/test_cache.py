@@ -1,11 +1,15 @@
+import importlib
 import json
 import multiprocessing
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from compresslab import code_digest, measure
 from compresslab.cache import MANIFEST, ArtifactCache, CorruptEntry, cache_key
+from tiny import SyntheticSentiment
 
 
 def write_file(content: bytes):
@@ -103,3 +107,40 @@ def test_rebuild_replaces_entry(tmp_path):
     cache.get_or_build("k5", write_file(b"one"))
     entry, built = cache.get_or_build("k5", write_file(b"two"), rebuild=True)
     assert built and (entry.payload / "weights.bin").read_bytes() == b"two"
+
+
+EDITED_TASK = """from dataclasses import dataclass
+
+from tiny import SyntheticSentiment
+
+
+@dataclass(frozen=True)
+class EditedTask(SyntheticSentiment):
+    pass
+"""
+
+
+def _rewrite(path: Path, source: str) -> None:
+    path.write_text(source)
+    code_digest.clear_cache()  # digests are cached per process: an edit is seen by the next run
+
+
+def test_evaluation_key_follows_the_task_and_runner_code(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _rewrite(tmp_path / "digest_edited_task.py", EDITED_TASK)
+    _rewrite(tmp_path / "digest_runner_part.py", "SCALE = 1\n")
+    monkeypatch.setattr(measure, "RUNNER_MODULES", (*measure.RUNNER_MODULES, "digest_runner_part"))
+    edited_task = importlib.import_module("digest_edited_task").EditedTask()
+    sys.modules.pop("digest_edited_task")  # the class lives on; the digest reads the file from sys.path
+
+    def keys() -> tuple[str, str]:
+        return (measure.evaluation_key("artifact", [edited_task], "cpu", 2),
+                measure.evaluation_key("artifact", [SyntheticSentiment()], "cpu", 2))
+
+    edited_before, other_before = keys()
+    _rewrite(tmp_path / "digest_edited_task.py", EDITED_TASK + "# a scoring fix\n")
+    edited_after, other_after = keys()
+    assert edited_after != edited_before and other_after == other_before
+    _rewrite(tmp_path / "digest_runner_part.py", "SCALE = 2\n")
+    assert keys()[1] != other_before  # a runner fix re-evaluates every task
+    code_digest.clear_cache()

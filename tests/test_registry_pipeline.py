@@ -1,8 +1,10 @@
+import importlib
 import re
+import sys
 
 import pytest
 
-from compresslab import registry
+from compresslab import code_digest, registry
 from compresslab.cache import ArtifactCache
 from compresslab.matrix import parse_matrix
 from compresslab.methods.base import MethodUnsupported
@@ -96,3 +98,68 @@ def test_rebuild_rebuilds_each_key_once(tmp_path):
     pipeline = Pipeline(ArtifactCache(tmp_path), registry.METHODS, rebuild=True)
     assert all(s.built_now for s in pipeline.build(spec, "bf16", "cpu").stages)
     assert not any(s.built_now for s in pipeline.build(spec, "bf16", "cpu").stages)
+
+
+EDITED_METHOD = """from dataclasses import dataclass
+
+from compresslab.methods.dtype import DtypeCast
+
+
+@dataclass(frozen=True)
+class EditedCast(DtypeCast):
+    pass
+"""
+EDITED_SOURCE = """from dataclasses import dataclass
+
+from tiny import TinySource
+
+
+@dataclass(frozen=True)
+class EditedSource(TinySource):
+    pass
+"""
+
+
+@pytest.fixture
+def temporary_module(tmp_path, monkeypatch):
+    """write(name, source) -> the imported module; later writes are edits the digests must see."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    written = []
+
+    def write(name: str, source: str):
+        (tmp_path / f"{name}.py").write_text(source)
+        code_digest.clear_cache()  # digests are cached per process: an edit is seen by the next run
+        written.append(name)
+        return importlib.import_module(name)
+
+    yield write
+    for name in written:
+        sys.modules.pop(name, None)
+    code_digest.clear_cache()
+
+
+def test_an_edited_method_rebuilds_its_stages_and_reuses_the_others(tmp_path, temporary_module):
+    module = temporary_module("digest_edited_method", EDITED_METHOD)
+    methods = {**registry.METHODS, "edited": module.EditedCast()}
+    spec = ModelSpec("tiny", "classifier", TinySource(), ("synthetic-sentiment",), "tiny")
+    Pipeline(ArtifactCache(tmp_path / "cache"), methods).build(spec, "edited+int8-weight", "cpu")
+    Pipeline(ArtifactCache(tmp_path / "cache"), methods).build(spec, "bf16", "cpu")
+
+    temporary_module("digest_edited_method", EDITED_METHOD + "# a fix\n")
+    pipeline = Pipeline(ArtifactCache(tmp_path / "cache"), methods)
+    edited = pipeline.build(spec, "edited+int8-weight", "cpu")
+    assert [(s.name, s.built_now) for s in edited.stages] == [("base", False), ("edited", True),
+                                                              ("int8-weight", True)]
+    assert not pipeline.build(spec, "bf16", "cpu").built_now
+
+
+def test_an_edited_model_source_rebuilds_the_baseline_and_what_follows(tmp_path, temporary_module):
+    module = temporary_module("digest_edited_source", EDITED_SOURCE)
+    spec = ModelSpec("tiny", "classifier", module.EditedSource(), ("synthetic-sentiment",), "tiny")
+    first = Pipeline(ArtifactCache(tmp_path / "cache"), registry.METHODS).build(spec, "bf16", "cpu")
+    assert Pipeline(ArtifactCache(tmp_path / "cache"), registry.METHODS).build(spec, "bf16", "cpu").path == first.path
+
+    temporary_module("digest_edited_source", EDITED_SOURCE + "# a fix\n")
+    again = Pipeline(ArtifactCache(tmp_path / "cache"), registry.METHODS).build(spec, "bf16", "cpu")
+    assert [(s.name, s.built_now) for s in again.stages] == [("base", True), ("bf16", True)]
+    assert again.stages[0].key != first.stages[0].key

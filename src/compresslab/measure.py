@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from compresslab.cache import ArtifactCache, cache_key
+from compresslab.code_digest import module_digest, object_digest
 from compresslab.floors import recovery
 from compresslab.models.runner import TorchRunner, count_params, load_runner
 from compresslab.models.spec import ModelSpec
@@ -65,16 +66,22 @@ def evaluate_tasks(runner: TorchRunner, tasks: list[Task]) -> tuple[dict[str, fl
     return metrics, reference, details
 
 
+# The code every evaluation runs through (loading, eager and graph runners); the tasks add theirs.
+RUNNER_MODULES = ("compresslab.models.runner", "compresslab.models.graph_runner", "compresslab.models.backends")
+# Bump when the stored layout of an evaluation (the files cached_evaluation writes and reads) changes:
+# this module is not in the digests, since hashing it would tie every evaluation to the gating code.
 EVAL_SCHEMA = 1
 EVAL_RESULTS, EVAL_LOGITS = "evaluation.json", "reference_logits.pt"
 
 
 def evaluation_key(artifact_key: str, tasks: list[Task], device: str, threads: int) -> str:
     """Everything that determines an evaluation's numbers: the artifact's bytes (its key), the
-    task data and settings, the device, the thread count (reduction order), the libraries."""
+    task data and settings, the code that loads, runs and scores (so a fixed evaluator never
+    serves stale metrics), the device, the thread count (reduction order), the libraries."""
     return cache_key({
         "evaluation": artifact_key,
         "tasks": [task.fingerprint() for task in tasks],
+        "code": {"tasks": [object_digest(task) for task in tasks], "runner": module_digest(*RUNNER_MODULES)},
         "device": device,
         "threads": threads,
         "libraries": library_versions(("torch", "transformers", "torchao", "tokenizers")),

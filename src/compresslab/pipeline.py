@@ -1,8 +1,10 @@
 """Chains such as ``distill-half+prune-global-50+int8-dynamic``: stages applied in order, each cached.
 
-Stage keys chain: a stage's key hashes its input stage's key, its own config and the
-versions of the libraries that shape its output. ``distill-half+int8`` therefore reuses the
-cached ``distill-half`` stage, and a change to one stage's config rebuilds it and what follows.
+Stage keys chain: a stage's key hashes its input stage's key, its own config, the digest of
+the code that builds it (its module and the compresslab modules it imports, see
+code_digest.py) and the versions of the libraries that shape its output. ``distill-half+int8``
+therefore reuses the cached ``distill-half`` stage, and a change to one stage's config or code
+rebuilds it and what follows.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from compresslab.assets import distribution_version
 from compresslab.cache import ArtifactCache, Entry, cache_key
+from compresslab.code_digest import object_digest
 from compresslab.methods.base import Method, StageContext
 from compresslab.models.spec import RECORDS_DIR, ModelSpec
 
@@ -23,7 +26,6 @@ log = logging.getLogger(__name__)
 CHAIN_SEPARATOR = "+"
 # What shapes every checkpoint; a method adds its own requires_packages to its stage key.
 CORE_LIBRARIES = ("torch", "transformers", "safetensors")
-ARTIFACT_SCHEMA = 2  # 2: tokenizer and records in sub-directories of the baseline
 
 
 def parse_chain(chain_id: str, methods: dict[str, Method]) -> tuple[str, ...]:
@@ -104,8 +106,9 @@ class Pipeline:
             "stage": "base",
             "model": spec.id,
             "source": spec.source.fingerprint(),
+            # the builder's code (and the baseline's layout it writes) follows its module's source
+            "code": object_digest(spec.source),
             "libraries": library_versions(CORE_LIBRARIES),
-            "schema": ARTIFACT_SCHEMA,
         }
         key = cache_key(inputs)
         started = time.perf_counter()
@@ -139,9 +142,10 @@ class Pipeline:
             "stage": name,
             "input": source.key,
             "method": method.fingerprint(),
+            # a fix to the method or a helper it imports must not reuse artifacts built before it
+            "code": object_digest(method),
             "device": ctx.device.split(":")[0],
             "libraries": library_versions(CORE_LIBRARIES),
-            "schema": ARTIFACT_SCHEMA,
         }
         key = cache_key(inputs)
         entry, built_now = self._get(key, lambda out: method.apply(source.payload, out, ctx), inputs)
