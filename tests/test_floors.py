@@ -57,7 +57,11 @@ max_increase = { perplexity = 0.03 }
     ("[override.minilm-sentiment.int9]\n", "unknown method 'int9' in chain 'int9'; valid: awq-w4g128, awq-w4g64, bf16"),
     ("[override.minilm-sentiment.\"bf16++int8-dynamic\"]\n", "malformed method chain"),
     ("[family.int8]\nmin_recovery = { acuracy = 0.9 }\n", "unknown metric 'acuracy'"),
-    ("[family.int8]\nmin_recovery = { accuracy = \"high\" }\n", "must be a number"),
+    ("[family.int8]\nmin_recovery = { accuracy = \"high\" }\n", "must be a finite number"),
+    ("[family.int8]\nmax_increase = { perplexity = inf }\n", "must be a finite number, got inf"),
+    ("[override.minilm-sentiment.bf16]\nexpected_failure = \"\"\n", "expected_failure must be a non-empty reason"),
+    ("[override.minilm-sentiment.bf16]\nreference_tolerance = 2\n", "reference_tolerance must be a fraction"),
+    ("[family.int8]\nexpected_failure = \"x\"\n", "unknown key(s) expected_failure"),
     ("[family.int8]\nmin_recovery = { accuracy = 99 }\n", "is not a ratio"),
     ("[family.int8]\nmax_size = 3\n", "unknown key(s) max_size; valid: min_recovery"),
     ("[family.int8]\nmax_size_mb = -3\n", "max_size_mb must be a positive number"),
@@ -98,3 +102,50 @@ def test_recovery_direction():
     assert floors.recovery("accuracy", 0.8, 0.9) == pytest.approx(0.8 / 0.9)
     assert floors.recovery("perplexity", 22.0, 20.0) == pytest.approx(20 / 22)
     assert math.isnan(floors.recovery("accuracy", 0.5, 0.0))
+
+
+@pytest.mark.parametrize("measured", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_metric_breaks_every_bound_on_it(measured):
+    floor = Floor(min_recovery={"accuracy": 0.5}, max_increase={"perplexity": 10.0}, min={"accuracy": 0.1},
+                  max={"perplexity": 1e9})
+    violations = floors.check(floor, {"accuracy": measured, "perplexity": measured},
+                              {"accuracy": 0.85, "perplexity": 20.0}, size_mb=None)
+    assert {v.rule for v in violations} >= {"min_recovery.accuracy", "max_increase.perplexity"}
+    assert any(f"measured accuracy is {measured}" in v.message for v in violations)
+
+
+def test_a_nan_baseline_breaks_relative_bounds():
+    violations = floors.check(Floor(min_recovery={"accuracy": 0.5}), {"accuracy": 0.8}, {"accuracy": math.nan},
+                              size_mb=None)
+    assert [v.message for v in violations] == ["baseline accuracy is nan"]
+
+
+def test_a_missing_or_nan_metric_names_the_task_that_should_have_produced_it():
+    expected = {"accuracy": "tweet-sentiment", "macro_f1": "tweet-sentiment", "perplexity": "wiki-perplexity"}
+    violations = floors.check_present({"accuracy": 0.9, "macro_f1": math.nan}, expected)
+    assert [v.message for v in violations] == [
+        "macro_f1 is nan (task tweet-sentiment)",
+        "perplexity is missing: task wiki-perplexity should have produced it",
+    ]
+    assert floors.check_present({"accuracy": 0.9, "macro_f1": 0.8, "perplexity": 20.0}, expected) == []
+
+
+def test_known_failure_parses_and_its_reference_gates_getting_worse(tmp_path):
+    book = load_text(tmp_path, """
+[family.prune]
+max_increase = { perplexity = 0.5 }
+[override.smollm2-135m.prune-l1-50]
+expected_failure = "magnitude pruning wrecks a 135M decoder"
+reference = { perplexity = 375.0, zeroshot_accuracy = 0.4 }
+reference_tolerance = 0.1
+""")
+    floor = book.floor_for("smollm2-135m", "prune-l1-50", FAMILIES)
+    assert floor.expected_failure == "magnitude pruning wrecks a 135M decoder"
+    assert floor.max_increase == {"perplexity": 0.5}  # the floor a user accepts stays as it is
+    assert floors.check_reference(floor, {"perplexity": 400.0, "zeroshot_accuracy": 0.39}) == []
+    worse = floors.check_reference(floor, {"perplexity": 420.0, "zeroshot_accuracy": 0.3})
+    assert [v.rule for v in worse] == ["reference.perplexity", "reference.zeroshot_accuracy"]
+    assert "perplexity 420 is worse than its reference 375 by more than 10% (limit 412.5)" in worse[0].message
+    assert [v.rule for v in floors.check_reference(floor, {"perplexity": math.nan})] == [
+        "reference.perplexity", "reference.zeroshot_accuracy"]
+    assert book.floor_for("smollm2-135m", "prune-global-50", FAMILIES).expected_failure is None

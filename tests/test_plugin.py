@@ -145,3 +145,61 @@ def test_second_run_reuses_builds_and_evaluations_and_says_so(suite_dir):
     second_run.stdout.fnmatch_lines(["*acc 1 * F1 1 *", "* metrics read from the evaluation cache*"])
     run(suite_dir, "-k", "clf", "--compresslab-memory", "off", "--compresslab-reeval").assert_outcomes(passed=2)
     assert not any(extra["metrics_cached"] for extra in sidecar().values())
+
+
+def test_known_failure_is_xfail_below_its_floors_and_xpass_above(suite_dir):
+    suite_dir.makefile(".toml", floors="""
+[override.tiny-clf.int8-weight]
+min_recovery = { accuracy = 1.5 }
+expected_failure = "tiny int8 cannot beat fp32 by half"
+""")
+    result = run(suite_dir, "-k", "clf", "--compresslab-memory", "off", "-rxX")
+    result.assert_outcomes(passed=1, xfailed=1)
+    result.stdout.fnmatch_lines(["*XFAIL*tiny-clf-int8-weight*tiny int8 cannot beat fp32 by half*"])
+    sidecar = json.loads((suite_dir.path / ".compresslab" / "latest.json").read_text())
+    record = next(b for b in sidecar["benchmarks"] if b["method"] == "int8-weight")
+    assert record["outcome"] == "xfailed" and record["expected_failure"] == "tiny int8 cannot beat fp32 by half"
+    assert record["extra_info"]["metrics"]["accuracy"] > 0.9  # its values are still recorded
+    assert "accuracy" in record["reason"] and "floor" in record["reason"]
+
+    suite_dir.makefile(".toml", floors="""
+[override.tiny-clf.int8-weight]
+expected_failure = "said to fail, but meets its floors"
+""")
+    result = run(suite_dir, "-k", "clf", "--compresslab-memory", "off", "-rxX")
+    result.assert_outcomes(passed=1, xpassed=1)
+    sidecar = json.loads((suite_dir.path / ".compresslab" / "latest.json").read_text())
+    assert {b["method"]: b["outcome"] for b in sidecar["benchmarks"]} == {"fp32": "passed", "int8-weight": "xpassed"}
+
+
+def test_known_failure_worse_than_its_reference_fails_for_real(suite_dir):
+    suite_dir.makefile(".toml", floors="""
+[override.tiny-clf.int8-weight]
+min_recovery = { accuracy = 1.5 }
+expected_failure = "tiny int8 cannot beat fp32 by half"
+reference = { accuracy = 1.5 }
+""")
+    result = run(suite_dir, "-k", "clf", "--compresslab-memory", "off")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*accuracy * is worse than its reference 1.5 by more than 5%*"])
+
+
+@dataclass(frozen=True)
+class BrokenSentiment(SyntheticSentiment):
+    """Declares macro_f1 and micro_f1 but yields a NaN accuracy and no micro_f1."""
+
+    metrics: tuple[str, ...] = ("accuracy", "macro_f1", "micro_f1")
+
+    def evaluate(self, runner):
+        result = super().evaluate(runner)
+        result.metrics["accuracy"] = float("nan")
+        return result
+
+
+def test_nan_or_missing_metric_fails_the_case_naming_metric_and_task(suite_dir, monkeypatch):
+    monkeypatch.setitem(registry.TASKS, "synthetic-sentiment", BrokenSentiment())
+    suite_dir.makefile(".toml", floors="[family.baseline]\n")  # no floor names these metrics
+    result = run(suite_dir, "-k", "clf and fp32", "--compresslab-memory", "off")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*- accuracy is nan (task synthetic-sentiment)*",
+                                 "*- micro_f1 is missing: task synthetic-sentiment should have produced it*"])

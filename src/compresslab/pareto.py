@@ -32,9 +32,13 @@ def front_2d(xs: Sequence[float], ys: Sequence[float], higher_is_better: bool) -
     return front
 
 
+# outcomes of a measured case: it met its floors, or fell below them (a known failure included)
+MEETS_FLOORS, BELOW_FLOORS = ("passed", "xpassed"), ("failed", "xfailed")
+
+
 def plottable(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Cases with a latency, a size and metrics (a timed run; not skipped, not errored)."""
-    return [r for r in records if r.get("outcome") in ("passed", "failed") and
+    return [r for r in records if r.get("outcome") in (*MEETS_FLOORS, *BELOW_FLOORS) and
             {"latency_p50_ms", "size_bytes", "metrics"} <= set(r.get("extra_info", {}))]
 
 
@@ -78,7 +82,7 @@ def _panel(ax, cases: list[dict[str, Any]], metric: str, largest_mb: float, shap
     ys = [e["metrics"][metric] for e in extra]
     sizes = [e["size_bytes"] / 1e6 for e in extra]
     higher = metric not in LOWER_IS_BETTER
-    passed = [r.get("outcome") == "passed" for r in cases]
+    passed = [r.get("outcome") in MEETS_FLOORS for r in cases]
     # dominated in all three: another configuration is as fast, as good and as small, and better in one
     points = [(x, -y if higher else y, s) for x, y, s in zip(xs, ys, sizes)]
     ranked = [i for i, ok in enumerate(passed) if ok]  # a case below its floor is not an option

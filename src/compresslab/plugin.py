@@ -46,6 +46,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--compresslab-fail", action="append", default=[], metavar="RULE",
                     help="regression rule for --compresslab-baseline, e.g. size:+1%% latency:+10%% accuracy:-0.5pt; "
                          "repeat or comma-separate")
+    group.addoption("--compresslab-allow-missing", action="store_true",
+                    help="with --compresslab-baseline: a collected case that passed in the baseline and is skipped "
+                         "now is no regression (one that fails or errors still is)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -58,10 +61,12 @@ def pytest_configure(config: pytest.Config) -> None:
 class Gate:
     baseline: Any  # runs.Run
     rules: list
+    allow_missing: bool = False
 
 
 def gate_settings(config: pytest.Config) -> Gate | None:
-    """Load the baseline and parse the rules up front: a typo fails in a second, not after the run."""
+    """Load the baseline and parse the rules up front: a typo, a repeated rule or a latency rule
+    that too few rounds could never fire fails in a second, not after the run."""
     spec, rules = config.getoption("--compresslab-baseline"), config.getoption("--compresslab-fail")
     if spec is None:
         if rules:
@@ -71,16 +76,20 @@ def gate_settings(config: pytest.Config) -> Gate | None:
 
     try:
         baseline = runs.load(spec, Path(config.rootpath))
-        return Gate(baseline, compare.parse_rules(rules, compare.valid_fields(baseline)))
+        parsed = compare.parse_rules(rules, compare.valid_fields(baseline))
     except ValueError as err:  # RunError, RuleError
         raise pytest.UsageError(f"--compresslab-baseline/--compresslab-fail: {err}") from None
+    # the run still has its rounds to choose, unlike `compresslab compare` on saved runs: refuse
+    powerless = compare.powerless_rounds(parsed, baseline, config.getoption("--compresslab-rounds"))
+    if powerless:
+        raise pytest.UsageError(f"--compresslab-fail: {powerless}")
+    return Gate(baseline, parsed, config.getoption("--compresslab-allow-missing"))
 
 
 @dataclass
 class Settings:
     cache_dir: Path
     rebuild: bool
-    floors_path: Path | None
     results_dir: Path
     device: str
     threads: int
@@ -94,15 +103,10 @@ class Settings:
         from compresslab import device
 
         option = config.getoption
-        floors = option("--compresslab-floors")
-        default_floors = Path(config.rootpath) / "floors.toml"
-        if floors is None and default_floors.is_file():
-            floors = default_floors
         results = Path(option("--compresslab-results-dir"))
         return cls(
             cache_dir=Path(option("--compresslab-cache-dir") or default_cache_dir()).expanduser(),
             rebuild=option("--compresslab-rebuild"),
-            floors_path=Path(floors) if floors else None,
             results_dir=results if results.is_absolute() else Path(config.rootpath) / results,
             device=device.resolve(option("--compresslab-device"), os.environ.get("PYTEST_XDIST_WORKER")),
             threads=option("--compresslab-threads") or device.available_cpus(),
@@ -125,7 +129,7 @@ class Suite:
     """Per-session state: settings, cache, pipeline, floors, and each model's baseline."""
 
     def __init__(self, config: pytest.Config):
-        from compresslab import device, floors, registry
+        from compresslab import device, registry
         from compresslab.cache import ArtifactCache
         from compresslab.measure import CaseRunner
         from compresslab.methods.gptq import cpu_workers_default
@@ -134,9 +138,8 @@ class Suite:
         self.settings = Settings.from_config(config)
         device.pin_threads(self.settings.threads)
         cpu_workers_default(self.settings.threads)
-        self.registry = registry
-        self.floors = (floors.load(self.settings.floors_path, registry.MODELS, registry.METHODS)
-                       if self.settings.floors_path else floors.FloorBook({}, {}, {}))
+        self.registry, self.config = registry, config
+        self.floors = floor_book(config)
         pipeline = Pipeline(ArtifactCache(self.settings.cache_dir), registry.METHODS, rebuild=self.settings.rebuild,
                             tasks=registry.TASKS)
         self.cases = CaseRunner(pipeline, registry.TASKS, self.settings.device, self.settings.threads,
@@ -144,8 +147,8 @@ class Suite:
         self._baseline_latency: dict[str, Any] = {}
         self._baseline_workload: dict[str, Any] = {}
 
-    def family_of(self) -> dict[str, str]:
-        return {name: method.family for name, method in self.registry.METHODS.items()}
+    def floor_for(self, spec, chain_id: str) -> Any:
+        return case_floor(self.config, spec.id, chain_id)
 
     def baseline_latency(self, spec, baseline) -> Any:
         from compresslab.trackers import latency
@@ -169,6 +172,48 @@ class Suite:
         if spec.id not in self._baseline_workload:
             self._baseline_workload[spec.id] = self.second_workload(spec, baseline.runner)
         return self._baseline_workload[spec.id]
+
+
+def floor_book(config: pytest.Config) -> Any:
+    """The run's floors, parsed once (collection marks known failures, cases check floors)."""
+    if not hasattr(config, "_compresslab_floors"):
+        from compresslab import floors, registry
+
+        option, default = config.getoption("--compresslab-floors"), Path(config.rootpath) / "floors.toml"
+        path = Path(option) if option else default if default.is_file() else None
+        try:
+            config._compresslab_floors = (floors.load(path, registry.MODELS, registry.METHODS) if path
+                                          else floors.FloorBook({}, {}, {}))
+        except floors.FloorsError as err:
+            raise pytest.UsageError(str(err)) from None
+    return config._compresslab_floors
+
+
+def case_floor(config: pytest.Config, model_id: str, chain_id: str) -> Any:
+    from compresslab import registry
+
+    family_of = {name: method.family for name, method in registry.METHODS.items()}
+    return floor_book(config).floor_for(model_id, chain_id, family_of)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A combination known to fall below its floors runs as an expected failure: XFAIL only when
+    it is below its floors (a crash is still an error), XPASS when it meets them."""
+    from compresslab.floors import BelowFloors
+
+    for item in items:
+        model_id, chain_id = _case_param(item) or (None, None)
+        if model_id is None:
+            continue
+        reason = case_floor(config, model_id, chain_id).expected_failure
+        if reason:
+            item.add_marker(pytest.mark.xfail(reason=reason, raises=BelowFloors, strict=False))
+
+
+def _case_param(item: pytest.Item) -> tuple[str, str] | None:
+    callspec = getattr(item, "callspec", None)
+    value = callspec.params.get("compressed") if callspec else None
+    return value if isinstance(value, tuple) and len(value) == 2 else None
 
 
 @pytest.fixture(scope="session")
@@ -235,21 +280,32 @@ class Case:
         self.extra.update(result.extra)
         self.extra[result.speedup_key] = base.median_s / result.median_s
 
+    def expected_metrics(self) -> dict[str, str]:
+        """{metric: task id} of every metric this model's tasks must produce."""
+        return {metric: task_id for task_id in self.spec.tasks
+                for metric in self.suite.registry.TASKS[task_id].metrics}
+
     def check_floors(self) -> None:
+        """Missing or non-finite metrics and broken floors fail the case (BelowFloors, which a
+        known failure's xfail marker expects); a known failure that got worse than its reference
+        values fails outright."""
         from compresslab import floors
 
-        floor = self.suite.floors.floor_for(self.spec.id, self.chain_id, self.suite.family_of())
-        violations = floors.check(floor, self.measurement.metrics, self.baseline.metrics,
-                                  self.extra.get("size_bytes", 0) / 1e6)
+        floor = self.suite.floor_for(self.spec, self.chain_id)
+        metrics = self.measurement.metrics
+        violations = [*floors.check_present(metrics, self.expected_metrics()),
+                      *floors.check(floor, metrics, self.baseline.metrics, self.extra.get("size_bytes", 0) / 1e6)]
+        worse = floors.check_reference(floor, metrics)
         self.extra["floors"] = floor.as_dict()
-        self.extra["floor_violations"] = [v.message for v in violations]
-        if violations:
-            lines = "\n".join(f"  - {v.message}" for v in violations)
-            pytest.fail(
-                f"{self.id} is below its floors ({self.suite.floors.source}):\n{lines}\n"
-                f"  measured: {_fmt(self.measurement.metrics)}\n  baseline: {_fmt(self.baseline.metrics)}",
-                pytrace=False,
-            )
+        self.extra["floor_violations"] = [v.message for v in [*violations, *worse]]
+        if worse or violations:
+            raise (pytest.fail.Exception if worse else floors.BelowFloors)(self.floor_message(worse or violations),
+                                                                          pytrace=False)
+
+    def floor_message(self, violations: list) -> str:
+        lines = "\n".join(f"  - {v.message}" for v in violations)
+        return (f"{self.id} is below its floors ({self.suite.floors.source}):\n{lines}\n"
+                f"  measured: {_fmt(self.measurement.metrics)}\n  baseline: {_fmt(self.baseline.metrics)}")
 
 
 def _fmt(metrics: dict[str, float]) -> str:
@@ -324,14 +380,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if case_id is None or not _is_final(report):
         return
     case = getattr(item, "_compresslab_case", None)
+    violations = case.extra.get("floor_violations") if case else None
     record = {
         "name": item.name,
         "fullname": item.nodeid,
         "model": case_id[0],
         "method": case_id[1],
-        "outcome": report.outcome,
-        "reason": "; ".join(case.extra.get("floor_violations", [])) if case and report.failed and
-                  case.extra.get("floor_violations") else _reason(report),
+        "outcome": _outcome(report),
+        "reason": "; ".join(violations) if violations and not report.passed else _reason(report),
+        **({"expected_failure": report.wasxfail} if hasattr(report, "wasxfail") else {}),
         "extra_info": dict(case.extra) if case else {},
     }
     item.config._compresslab_records.append(record)
@@ -339,6 +396,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if benchmark is not None:  # pytest-benchmark's JSON then says how the case ended, floors included
         benchmark.extra_info.update(outcome=report.outcome, floor_violations=record["extra_info"].get(
             "floor_violations", []))
+
+
+def _outcome(report: pytest.TestReport) -> str:
+    """pytest's outcome, with a known failure told apart: xfailed (below its floors, as expected)
+    and xpassed (it met them)."""
+    if hasattr(report, "wasxfail"):
+        return "xfailed" if report.skipped else "xpassed"
+    return report.outcome
 
 
 def _is_final(report: pytest.TestReport) -> bool:
@@ -385,14 +450,27 @@ def check_gate(session: pytest.Session, gate: Gate) -> None:
 
     sidecar = session.config._compresslab_sidecar
     head = runs.from_document(results.load(sidecar), sidecar)
+    baseline = collected_baseline(session, gate.baseline, head)
     try:
-        session.config._compresslab_comparison = compare.compare(gate.baseline, head, gate.rules)
+        session.config._compresslab_comparison = compare.compare(baseline, head, gate.rules,
+                                                                 allow_missing=gate.allow_missing)
     except runs.RunError as err:
         session.config._compresslab_gate_error = str(err)
         session.exitstatus = pytest.ExitCode.USAGE_ERROR
         return
     if session.config._compresslab_comparison.regressions and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def collected_baseline(session: pytest.Session, baseline: Any, head: Any) -> Any:
+    """The baseline's cases this session collected: one deselected by -k is not lost, while one
+    collected that skipped or failed before recording anything is. (An xdist controller collects
+    nothing itself: there the cases head recorded stand for the collected ones.)"""
+    import dataclasses
+
+    names = {item.name for item in session.items} | set(head.records)
+    return dataclasses.replace(baseline, records={name: record for name, record in baseline.records.items()
+                                                  if name in names})
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
