@@ -5,10 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from compresslab.models.runner import TorchRunner
-from compresslab.tasks import tweets, wiki
+from compresslab.tasks import metrics, tweets, wiki
+from compresslab.tasks.classification import TweetSentiment
 from compresslab.tasks.lm import ZERO_SHOT_PROMPT, WikiPerplexity, ZeroShotSentiment
-from compresslab.tasks.tweets import Example, stratified_split
-from tiny import tiny_llama, tokenizer
+from compresslab.tasks.tweets import Example, deduplicate, normalize, stratified_split
+from tiny import tiny_bert_classifier, tiny_llama, tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +63,68 @@ def test_clean_wikitext():
     assert wiki.clean_wikitext(raw) == "Anarchism is a  philosophy."
 
 
+def label_share(part):
+    return torch.bincount(torch.tensor([e.label for e in part]), minlength=3).float() / len(part)
+
+
+def normalized(*parts):
+    return {normalize(e.text) for part in parts for e in part}
+
+
 def test_tweet_splits_are_stratified_seeded_and_disjoint():
     splits = tweets.load_splits()
-    assert (len(splits.validation), len(splits.test)) == (599, 1201)
+    assert (len(splits.validation), len(splits.test)) == (600, 1201)
     texts = [{e.text for e in part} for part in (splits.train, splits.validation, splits.test)]
     assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
-    share = lambda part: torch.bincount(torch.tensor([e.label for e in part]), minlength=3).float() / len(part)
-    torch.testing.assert_close(share(splits.test), share(splits.train), atol=0.01, rtol=0)
+    torch.testing.assert_close(label_share(splits.test), label_share(splits.train), atol=0.01, rtol=0)
     examples = [Example(str(i), i % 3) for i in range(90)]
     assert stratified_split(examples, (9, 9), 1) == stratified_split(examples, (9, 9), 1)
+
+
+def test_no_near_duplicate_crosses_the_splits():
+    splits = tweets.load_splits()
+    test, validation, train = normalized(splits.test), normalized(splits.validation), normalized(splits.train)
+    assert not test & (train | validation) and not validation & train
+    assert len(test) == len(splits.test)  # deduplicated within the split too
+    # the measured count of copies before deduplication existed (88 of 1,201 test tweets): the fingerprint
+    # records what went, so splits from before it are never reused
+    assert splits.removed["duplicates"] > 800 and splits.fingerprint()["removed"] == splits.removed
+
+
+def test_normalize_removes_what_makes_copies_look_different():
+    original = normalize("@united Flight 353 delayed AGAIN!! http://t.co/abc")
+    assert original == normalize("RT @AmericanAir: flight 435 delayed again https://t.co/xyz") == "flight delayed again"
+    assert normalize("@jetblue") == ""
+
+
+def test_deduplicate_keeps_the_first_of_the_majority_and_drops_ties():
+    rows = [Example("Thanks!", 1), Example("thanks", 2), Example("@a THANKS", 2), Example("tie one", 0),
+            Example("tie one!", 1), Example("other", 0)]
+    kept, removed = deduplicate(rows)
+    assert kept == [Example("thanks", 2), Example("other", 0)]
+    assert removed == {"duplicates": 2, "ambiguous": 2}
+
+
+def test_hard_split_is_disjoint_fixed_size_and_three_class():
+    splits = tweets.load_splits()
+    hard = normalized(splits.hard)
+    assert len(splits.hard) == tweets.HARD_SIZE and len(hard) == len(splits.hard)
+    assert not hard & normalized(splits.train, splits.validation, splits.test)  # calibration is train[:n]
+    assert (label_share(splits.hard) > 0.1).all()
+    assert splits.fingerprint()["sizes"][3] == tweets.HARD_SIZE
+
+
+def test_tweet_sentiment_reports_both_splits_on_a_tiny_model():
+    runner = TorchRunner(tiny_bert_classifier(train_steps=0, hidden_size=32), tokenizer(), "cpu", "classifier")
+    task = TweetSentiment()
+    result = task.evaluate(runner)
+    assert set(result.metrics) == set(task.metrics) == {"accuracy", "macro_f1", "hard_accuracy", "hard_macro_f1"}
+    assert all(metrics.direction(name) == 1 for name in task.metrics)
+    assert result.reference_logits.shape[0] == len(tweets.load_splits().test)  # fidelity: the easy split
+    shares = result.details["predicted_labels"]
+    assert set(shares) == {"test", "hard"} and all(set(s) == set(tweets.LABELS) for s in shares.values())
+    assert all(sum(s.values()) == pytest.approx(1, abs=1e-3) for s in shares.values())
+    assert result.details["n_hard"] == tweets.HARD_SIZE
 
 
 def test_minilm_baseline_head_is_seeded():

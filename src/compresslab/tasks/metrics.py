@@ -10,6 +10,8 @@ import torch
 DIRECTIONS: dict[str, int] = {
     "accuracy": +1,
     "macro_f1": +1,
+    "hard_accuracy": +1,  # tweet-sentiment on its lower-confidence split
+    "hard_macro_f1": +1,
     "micro_f1": +1,
     "zeroshot_accuracy": +1,
     "perplexity": -1,
