@@ -89,9 +89,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from compresslab import compare, runs
 
+    if not 0 < args.alpha < 1:
+        raise ValueError(f"--alpha {args.alpha:g}: a significance level lies between 0 and 1")
     base, head = runs.load(args.base), runs.load(args.head)
     rules = compare.parse_rules(args.fail, compare.valid_fields(base, head))
-    result = compare.compare(base, head, rules, alpha=args.alpha)
+    history = runs.load_history(args.history)
+    result = compare.compare(base, head, rules, alpha=args.alpha, allow_missing=args.allow_missing, history=history)
     print(compare.render(result))
     return EXIT_REGRESSION if result.regressions else EXIT_OK
 
@@ -128,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "accuracy:-0.5pt perplexity:+2%%; the sign is the bad direction; repeat or comma-separate")
     cmp.add_argument("--alpha", type=float, default=0.05,
                      help="significance level of the latency test (one-sided Mann-Whitney U; default 0.05)")
+    cmp.add_argument("--allow-missing", action="store_true",
+                     help="a case that passed in base and is skipped or absent in head is no regression "
+                          "(one that fails or errors still is)")
+    cmp.add_argument("--history", action="append", default=[], metavar="GLOB",
+                     help="earlier runs of the same cases, e.g. '.compresslab/runs/*.json': a latency, b16 or decode "
+                          "rule's threshold becomes at least the largest change of that case between two of them "
+                          "(base included, head ignored; 3 runs needed); repeatable")
     cmp.set_defaults(func=cmd_compare)
     return parser
 

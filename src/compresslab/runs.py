@@ -9,7 +9,10 @@ failed cases. Both become a :class:`Run` of :class:`Record` keyed by benchmark n
 from __future__ import annotations
 
 import fnmatch
+import glob
+import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +23,10 @@ BENCHMARKS_DIR = ".benchmarks"
 RESULTS_DIR = ".compresslab"
 RUN_NUMBER = re.compile(r"^\d{1,4}$")
 
-# the second timed workload of a case (trackers/workloads.py): rule field -> extra_info key
-SECOND_WORKLOAD_KEYS = {"b16": "latency_b16_p50_ms", "decode": "decode_tokens_per_s"}
+# the second timed workload of a case (trackers/workloads.py): rule field -> extra_info key; the
+# *_speedup fields are its ratios to the same run's fp32 on the same workload
+SECOND_WORKLOAD_KEYS = {"b16": "latency_b16_p50_ms", "decode": "decode_tokens_per_s",
+                        "b16_speedup": "speedup_b16_vs_baseline", "decode_speedup": "decode_speedup_vs_baseline"}
 
 
 class RunError(ValueError):
@@ -114,6 +119,18 @@ def load(spec: str | Path, root: Path = Path(".")) -> Run:
     except (FileNotFoundError, ValueError, OSError) as err:
         raise RunError(str(err)) from None
     return from_document(document, path)
+
+
+def load_history(patterns: Iterable[str], root: Path = Path(".")) -> list[Run]:
+    """Earlier runs for the run-to-run noise of timings: every file each glob (relative to ``root``)
+    matches, e.g. ``.compresslab/runs/*.json``. A glob that matches nothing is bad input."""
+    found = []
+    for pattern in patterns:
+        paths = sorted(glob.glob(os.path.join(root, pattern)))
+        if not paths:
+            raise RunError(f"--history {pattern}: no file matches")
+        found += [load(Path(path).absolute(), root) for path in paths]
+    return found
 
 
 def from_document(document: dict[str, Any], path: Path) -> Run:
