@@ -94,7 +94,8 @@ def test_latency_regression_needs_threshold_and_significance():
 def set_rounds(document, model, method, rounds):
     for record in document["benchmarks"]:
         if (record["model"], record["method"]) == (model, method):
-            record["extra_info"].update(latency_samples_ms=list(rounds), latency_p50_ms=sorted(rounds)[len(rounds) // 2])
+            median = sorted(rounds)[len(rounds) // 2]
+            record["extra_info"].update(latency_samples_ms=list(rounds), latency_p50_ms=median)
     return document
 
 
@@ -241,7 +242,8 @@ def test_lost_cases_are_regressions_with_the_head_reason_unless_allowed_missing(
                           "minilm-sentiment" else "known: below its floors")
         if record["method"] == "int8-dynamic" and record["model"] == "minilm-sentiment":
             record.update(reason="accuracy 0.61 < floor 0.85", extra_info={})
-    head["benchmarks"] = [b for b in head["benchmarks"] if (b["model"], b["method"]) != ("smollm2-135m", "int8-dynamic")]
+    gone = ("smollm2-135m", "int8-dynamic")
+    head["benchmarks"] = [b for b in head["benchmarks"] if (b["model"], b["method"]) != gone]
     rules = ("accuracy:-0.5pt", "latency:+10%")
     found = sorted((f"{r.model}-{r.method}", m) for r, m in compare_docs(base, head, *rules).regressions)
     assert found == [
@@ -265,9 +267,9 @@ def test_nan_inf_or_missing_value_in_head_is_a_regression_named_with_the_field()
                 "smollm2-135m", "int8-dynamic", perplexity=float("inf"))
     for document in (base, head):  # missing on both sides: nothing to compare, no regression
         for record in document["benchmarks"]:
-            record["extra_info"]["metrics"].pop("zeroshot_accuracy", None)
+            record["extra_info"]["metrics"].pop("fewshot_accuracy", None)
     del head["benchmarks"][0]["extra_info"]["size_bytes"]  # minilm-sentiment fp32
-    result = compare_docs(base, head, "accuracy:-0.5pt", "perplexity:+2%", "zeroshot_accuracy:-2pt", "size:+1%")
+    result = compare_docs(base, head, "accuracy:-0.5pt", "perplexity:+2%", "fewshot_accuracy:-2pt", "size:+1%")
     assert sorted((f"{r.model}-{r.method}", m) for r, m in result.regressions) == [
         ("minilm-sentiment-fp32", "size is missing in head (base 90.9 MB) (rule size:+1%)"),
         ("minilm-sentiment-int8-dynamic", "accuracy is nan in head (base 0.8868) (rule accuracy:-0.5pt)"),

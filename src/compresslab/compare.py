@@ -240,10 +240,15 @@ def field_delta(name: str, base: Record, head: Record, rule: Rule | None, alpha:
         return Delta(name, before, after, None, test)
     limit, history_note = _learned_limit(rule, spread)
     powerless = test is not None and not test.can_reject(alpha)
-    notes = [test.powerless_note(alpha) if test else "" if name not in SAMPLED else "no samples; threshold only",
-             history_note]
+    notes = [_test_note(name, test, alpha), history_note]
     regression = rule.exceeded(before, after, limit) and (test is None or test.significant(alpha))
     return Delta(name, before, after, rule, test, regression, "; ".join(n for n in notes if n), limit, powerless)
+
+
+def _test_note(name: str, test: ShiftTest | None, alpha: float) -> str:
+    if test is not None:
+        return test.powerless_note(alpha)
+    return "no samples; threshold only" if name in SAMPLED else ""
 
 
 def _unusable_delta(name: str, before: float | None, after: float | None, rule: Rule | None,
