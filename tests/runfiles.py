@@ -14,9 +14,9 @@ CASES = {
     ("minilm-sentiment", "int8-dynamic"): {"size_bytes": 58_700_000, "p50": 10.0,
                                            "metrics": {"accuracy": 0.8868, "macro_f1": 0.8524}},
     ("smollm2-135m", "fp32"): {"size_bytes": 538_100_000, "p50": 300.0,
-                               "metrics": {"perplexity": 21.53, "zeroshot_accuracy": 0.4933}},
+                               "metrics": {"perplexity": 21.53, "fewshot_accuracy": 0.4933}},
     ("smollm2-135m", "int8-dynamic"): {"size_bytes": 220_500_000, "p50": 230.0,
-                                       "metrics": {"perplexity": 22.22, "zeroshot_accuracy": 0.4933}},
+                                       "metrics": {"perplexity": 22.22, "fewshot_accuracy": 0.4933}},
 }
 
 

@@ -136,16 +136,46 @@ def test_known_failure_parses_and_its_reference_gates_getting_worse(tmp_path):
 max_increase = { perplexity = 0.5 }
 [override.smollm2-135m.prune-l1-50]
 expected_failure = "magnitude pruning wrecks a 135M decoder"
-reference = { perplexity = 375.0, zeroshot_accuracy = 0.4 }
+reference = { perplexity = 375.0, fewshot_accuracy = 0.4 }
 reference_tolerance = 0.1
 """)
     floor = book.floor_for("smollm2-135m", "prune-l1-50", FAMILIES)
     assert floor.expected_failure == "magnitude pruning wrecks a 135M decoder"
     assert floor.max_increase == {"perplexity": 0.5}  # the floor a user accepts stays as it is
-    assert floors.check_reference(floor, {"perplexity": 400.0, "zeroshot_accuracy": 0.39}) == []
-    worse = floors.check_reference(floor, {"perplexity": 420.0, "zeroshot_accuracy": 0.3})
-    assert [v.rule for v in worse] == ["reference.perplexity", "reference.zeroshot_accuracy"]
+    assert floors.check_reference(floor, {"perplexity": 400.0, "fewshot_accuracy": 0.39}) == []
+    worse = floors.check_reference(floor, {"perplexity": 420.0, "fewshot_accuracy": 0.3})
+    assert [v.rule for v in worse] == ["reference.perplexity", "reference.fewshot_accuracy"]
     assert "perplexity 420 is worse than its reference 375 by more than 10% (limit 412.5)" in worse[0].message
     assert [v.rule for v in floors.check_reference(floor, {"perplexity": math.nan})] == [
-        "reference.perplexity", "reference.zeroshot_accuracy"]
+        "reference.perplexity", "reference.fewshot_accuracy"]
     assert book.floor_for("smollm2-135m", "prune-global-50", FAMILIES).expected_failure is None
+
+
+def test_size_ratio_per_method_and_chains_take_the_smallest(tmp_path):
+    book = load_text(tmp_path, """
+[family.int8]
+max_size_ratio = 0.66
+[family.distill]
+max_size_ratio = 0.8
+[family.ort]
+max_size_ratio = 1.02
+[method.ort-int8]
+max_size_ratio = 0.4
+""")
+    assert book.floor_for("minilm-sentiment", "ort", FAMILIES).max_size_ratio == 1.02
+    assert book.floor_for("minilm-sentiment", "ort-int8", FAMILIES).max_size_ratio == 0.4
+    assert book.floor_for("minilm-sentiment", "distill-half+int8-dynamic", FAMILIES).max_size_ratio == 0.66
+    floor = book.floor_for("minilm-sentiment", "int8-dynamic", FAMILIES)
+    # an unquantized copy (the same size as fp32) breaks the ceiling
+    violations = floors.check(floor, {}, {}, size_mb=90.9, baseline_size_mb=90.9)
+    assert [v.message for v in violations] == ["size 90.90 MB is 1.000x the baseline's 90.90 MB > ceiling 0.660x"]
+    assert floors.check(floor, {}, {}, size_mb=58.7, baseline_size_mb=90.9) == []
+
+
+def test_every_compressing_default_row_has_a_size_ceiling():
+    book = floors.load("floors.toml", registry.MODELS, registry.METHODS)
+    for model_id, chains in registry.DEFAULT_MATRIX.items():
+        for chain in chains:
+            if chain != registry.BASELINE_METHOD:
+                floor = book.floor_for(model_id, chain, FAMILIES)
+                assert floor.max_size_ratio or floor.max_size_mb, f"{model_id}-{chain} has no size ceiling"

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from compresslab.models.runner import TorchRunner
 from compresslab.tasks import metrics, tweets, wiki
 from compresslab.tasks.classification import TweetSentiment
-from compresslab.tasks.lm import ZERO_SHOT_PROMPT, WikiPerplexity, ZeroShotSentiment
+from compresslab import floors, registry
+from compresslab.tasks.lm import FEW_SHOT_QUERY, FewShotSentiment, WikiPerplexity
 from compresslab.tasks.tweets import Example, deduplicate, normalize, stratified_split
 from tiny import tiny_bert_classifier, tiny_llama, tokenizer
 
@@ -17,10 +18,11 @@ def lm_runner():
     return TorchRunner(tiny_llama(), tokenizer(), "cpu", "causal-lm")
 
 
-def brute_force_scores(runner, task, labels):
+def brute_force_scores(runner, task, texts, labels):
     rows = []
-    for example in tweets.load_splits().test[: task.n_examples]:
-        prompt = runner.tokenizer(ZERO_SHOT_PROMPT.format(text=example.text), add_special_tokens=False)["input_ids"]
+    for text in texts:
+        prompt = runner.tokenizer(task.prefix() + FEW_SHOT_QUERY.format(text=text),
+                                  add_special_tokens=False)["input_ids"]
         row = []
         for name in labels:
             ids = runner.tokenizer(" " + name, add_special_tokens=False)["input_ids"]
@@ -32,11 +34,51 @@ def brute_force_scores(runner, task, labels):
 
 
 @pytest.mark.parametrize("labels", [tweets.LABELS, ("unhappily", "meh", "delightfully")])
-def test_zero_shot_scores_match_brute_force(lm_runner, monkeypatch, labels):
+def test_few_shot_scores_match_brute_force(lm_runner, monkeypatch, labels):
     monkeypatch.setattr(tweets, "LABELS", labels)
-    task = ZeroShotSentiment(n_examples=5, batch_size=3)  # batches of mixed lengths exercise left padding
-    expected = brute_force_scores(lm_runner, task, labels)
-    torch.testing.assert_close(task.label_scores(lm_runner), expected, atol=1e-4, rtol=1e-4)
+    task = FewShotSentiment(per_label=2, shots_per_label=1, batch_size=4)  # mixed lengths: left padding
+    texts = [e.text for e in task.examples()]
+    expected = brute_force_scores(lm_runner, task, texts, labels)
+    torch.testing.assert_close(task.label_scores(lm_runner, texts), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_few_shot_set_is_balanced_and_shots_come_from_training():
+    task = FewShotSentiment()
+    labels = [e.label for e in task.examples()]
+    assert labels == [0] * 40 + [1] * 40 + [2] * 40  # a constant predictor scores exactly 1/3
+    splits = tweets.load_splits()
+    assert [e.label for e in task.shots()] == [0, 1, 2, 0, 1, 2]
+    assert all(e in splits.train for e in task.shots())
+    assert all(label in task.prefix() for label in tweets.LABELS)
+
+
+class ConstantRunner:
+    """A broken model: the same next-token distribution whatever the input."""
+
+    device = "cpu"
+
+    def __init__(self, tokenizer, favourite: str):
+        self.tokenizer = tokenizer
+        self.logit = torch.zeros(len(tokenizer))
+        self.logit[tokenizer(" " + favourite, add_special_tokens=False)["input_ids"][0]] = 5.0
+
+    def logits(self, inputs, keep_last=None):
+        batch, width = inputs["input_ids"].shape
+        return self.logit.expand(batch, keep_last or width, -1).clone()
+
+
+@pytest.mark.parametrize("favourite", tweets.LABELS)
+def test_a_constant_predictor_fails_the_repository_floor_of_every_lm(favourite):
+    task = FewShotSentiment(per_label=10)
+    result = task.evaluate(ConstantRunner(tokenizer(), favourite))
+    assert result.metrics["fewshot_accuracy"] == pytest.approx(1 / 3)
+    assert result.metrics["fewshot_macro_f1"] <= 1 / 6 + 1e-6
+    book = floors.load("floors.toml", registry.MODELS, registry.METHODS)
+    families = {name: m.family for name, m in registry.METHODS.items()}
+    for model_id, spec in registry.MODELS.items():
+        if task.id in spec.tasks:
+            violations = floors.check(book.floor_for(model_id, "fp32", families), result.metrics, result.metrics, None)
+            assert {"min.fewshot_accuracy", "min.fewshot_macro_f1"} <= {v.rule for v in violations}, model_id
 
 
 def test_perplexity_matches_manual_nll(lm_runner):

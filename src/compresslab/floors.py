@@ -18,8 +18,12 @@ plus optional absolute bounds and a size ceiling:
     reference = { perplexity = 375.4 }    # what it measured: a run worse than this by more
                                           # than reference_tolerance (relative) fails for real
 
-A chain's default is the loosest of its stages' family defaults: error accumulates along a
-chain, and an override states the real target. A floor is a promise about quality, never a
+    [method.ort-int8]                     # one method id, over its family's default
+    max_size_ratio = 0.35                 # artifact bytes / the same run's fp32 bytes
+
+A chain's default is the loosest of its stages' defaults (error accumulates along a chain; an
+override states the real target); its size ceiling is the smallest of its stages' ratios (a
+chain must be at least as small as its most compressing stage promises alone). A floor is a promise about quality, never a
 record of what was measured: a combination below it is an expected failure (pytest XFAIL, its
 values still recorded and gated), not a reason to loosen it.
 """
@@ -37,10 +41,10 @@ from compresslab.pipeline import parse_chain
 from compresslab.tasks.metrics import DIRECTIONS, direction
 
 BOUND_KEYS = ("min_recovery", "max_increase", "min", "max")
-RULE_KEYS = (*BOUND_KEYS, "max_size_mb")
+RULE_KEYS = (*BOUND_KEYS, "max_size_mb", "max_size_ratio")
 OVERRIDE_KEYS = (*RULE_KEYS, "expected_failure", "reference", "reference_tolerance")
 DEFAULT_REFERENCE_TOLERANCE = 0.05
-TOP_LEVEL = ("family", "model", "override")
+TOP_LEVEL = ("family", "method", "model", "override")
 
 
 class FloorsError(ValueError):
@@ -64,6 +68,7 @@ class Floor:
     min: Mapping[str, float] = field(default_factory=dict)
     max: Mapping[str, float] = field(default_factory=dict)
     max_size_mb: float | None = None
+    max_size_ratio: float | None = None  # of the same run's baseline artifact
     # a known failure of this combination: why it falls below the floors (pytest XFAIL)
     expected_failure: str | None = None
     # measured values of a known failure, with the relative slack a run may lose beyond them
@@ -77,7 +82,14 @@ class Floor:
             min=_merge(self.min, other.min, min),
             max=_merge(self.max, other.max, max),
             max_size_mb=_pick(self.max_size_mb, other.max_size_mb, max),
+            max_size_ratio=_pick(self.max_size_ratio, other.max_size_ratio, max),
         )
+
+    def then(self, stage: Floor) -> Floor:
+        """This chain followed by one more stage: the loosest bounds, the smallest size ratio."""
+        chained = self.loosest(stage)
+        ratio = _pick(self.max_size_ratio, stage.max_size_ratio, min)
+        return Floor(chained.min_recovery, chained.max_increase, chained.min, chained.max, chained.max_size_mb, ratio)
 
     def overridden_by(self, other: Floor) -> Floor:
         return Floor(
@@ -86,6 +98,7 @@ class Floor:
             min={**self.min, **other.min},
             max={**self.max, **other.max},
             max_size_mb=other.max_size_mb if other.max_size_mb is not None else self.max_size_mb,
+            max_size_ratio=other.max_size_ratio if other.max_size_ratio is not None else self.max_size_ratio,
             expected_failure=other.expected_failure or self.expected_failure,
             reference={**self.reference, **other.reference},
             reference_tolerance=other.reference_tolerance if other.reference else self.reference_tolerance,
@@ -93,8 +106,7 @@ class Floor:
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {k: dict(getattr(self, k)) for k in BOUND_KEYS if getattr(self, k)}
-        if self.max_size_mb is not None:
-            out["max_size_mb"] = self.max_size_mb
+        out.update({k: getattr(self, k) for k in ("max_size_mb", "max_size_ratio") if getattr(self, k) is not None})
         if self.expected_failure:
             out["expected_failure"] = self.expected_failure
         if self.reference:
@@ -124,7 +136,7 @@ def recovery(metric: str, value: float, baseline: float) -> float:
 
 
 def check(floor: Floor, metrics: Mapping[str, float], baseline: Mapping[str, float],
-          size_mb: float | None) -> list[Violation]:
+          size_mb: float | None, baseline_size_mb: float | None = None) -> list[Violation]:
     """Every bound the measured metrics break. A bound on a metric that is NaN or infinite (here
     or in the baseline) is broken too: ``nan < bound`` is False, and a broken evaluation must not
     pass by comparing false."""
@@ -153,6 +165,12 @@ def check(floor: Floor, metrics: Mapping[str, float], baseline: Mapping[str, flo
             out.append(Violation(f"max.{metric}", f"{metric} {metrics[metric]:.4g} > absolute ceiling {maximum:.4g}"))
     if floor.max_size_mb is not None and size_mb is not None and not size_mb <= floor.max_size_mb:
         out.append(Violation("max_size_mb", f"size {size_mb:.2f} MB > ceiling {floor.max_size_mb:.2f} MB"))
+    if floor.max_size_ratio is not None and size_mb is not None and baseline_size_mb:
+        ratio = size_mb / baseline_size_mb
+        if not ratio <= floor.max_size_ratio:
+            out.append(Violation("max_size_ratio", (
+                f"size {size_mb:.2f} MB is {ratio:.3f}x the baseline's {baseline_size_mb:.2f} MB > ceiling "
+                f"{floor.max_size_ratio:.3f}x")))
     return out
 
 
@@ -191,15 +209,16 @@ def check_reference(floor: Floor, metrics: Mapping[str, float]) -> list[Violatio
 
 class FloorBook:
     def __init__(self, families: dict[str, Floor], models: dict[str, Floor],
-                 overrides: dict[tuple[str, str], Floor], source: str = "<defaults>"):
+                 overrides: dict[tuple[str, str], Floor], source: str = "<defaults>",
+                 methods: dict[str, Floor] | None = None):
         self.families, self.models, self.overrides, self.source = families, models, overrides, source
+        self.methods = methods or {}
 
     def floor_for(self, model_id: str, chain_id: str, family_of: Mapping[str, str]) -> Floor:
-        stages = chain_id.split("+")
         floor = None
-        for stage in stages:
-            family_floor = self.families.get(family_of[stage], Floor())
-            floor = family_floor if floor is None else floor.loosest(family_floor)
+        for stage in chain_id.split("+"):
+            stage_floor = self.families.get(family_of[stage], Floor()).overridden_by(self.methods.get(stage, Floor()))
+            floor = stage_floor if floor is None else floor.then(stage_floor)
         floor = (floor or Floor()).overridden_by(self.models.get(model_id, Floor()))
         return floor.overridden_by(self.overrides.get((model_id, chain_id), Floor()))
 
@@ -215,10 +234,13 @@ def _rule(table: Any, where: str, source: str, keys: tuple[str, ...] = RULE_KEYS
     size = table.get("max_size_mb")
     if size is not None and (not isinstance(size, int | float) or isinstance(size, bool) or size <= 0):
         raise FloorsError(f"{source}: [{where}] max_size_mb must be a positive number, got {size!r}")
+    ratio = table.get("max_size_ratio")
+    if ratio is not None and (not isinstance(ratio, int | float) or isinstance(ratio, bool) or not 0 < ratio <= 1.1):
+        raise FloorsError(f"{source}: [{where}] max_size_ratio must be a ratio in (0, 1.1], got {ratio!r}")
     for metric, value in bounds["min_recovery"].items():
         if not 0 < value <= 1.5:
             raise FloorsError(f"{source}: [{where}] min_recovery.{metric} = {value} is not a ratio in (0, 1.5]")
-    return Floor(**bounds, max_size_mb=size, **_known_failure(table, where, source))
+    return Floor(**bounds, max_size_mb=size, max_size_ratio=ratio, **_known_failure(table, where, source))
 
 
 def _known_failure(table: dict, where: str, source: str) -> dict[str, Any]:
@@ -269,6 +291,10 @@ def parse(data: dict[str, Any], source: str, model_ids: Iterable[str], methods: 
     for family, table in data.get("family", {}).items():
         _check_known(family, families_known, "method family", f"family.{family}", source)
         families[family] = _rule(table, f"family.{family}", source)
+    method_floors = {}
+    for method_id, table in data.get("method", {}).items():
+        _check_known(method_id, methods, "method", f"method.{method_id}", source)
+        method_floors[method_id] = _rule(table, f"method.{method_id}", source)
     models = {}
     for model_id, table in data.get("model", {}).items():
         _check_known(model_id, model_ids, "model", f"model.{model_id}", source)
@@ -285,7 +311,7 @@ def parse(data: dict[str, Any], source: str, model_ids: Iterable[str], methods: 
                 raise FloorsError(f"{source}: [override.{model_id}.\"{chain_id}\"] {err.args[0]}") from None
             overrides[(model_id, chain_id)] = _rule(table, f"override.{model_id}.{chain_id}", source,
                                                     OVERRIDE_KEYS)
-    return FloorBook(families, models, overrides, source)
+    return FloorBook(families, models, overrides, source, method_floors)
 
 
 def load(path: Path, model_ids: Iterable[str], methods: Mapping[str, Any]) -> FloorBook:

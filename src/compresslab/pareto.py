@@ -8,7 +8,9 @@ from typing import Any
 
 LOWER_IS_BETTER = {"perplexity"}
 METRIC_TITLES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "micro_f1": "micro-F1",
-                 "perplexity": "perplexity (lower is better)", "zeroshot_accuracy": "zero-shot accuracy"}
+                 "hard_accuracy": "accuracy, hard split", "hard_macro_f1": "macro-F1, hard split",
+                 "perplexity": "perplexity (lower is better)", "fewshot_accuracy": "few-shot accuracy",
+                 "fewshot_macro_f1": "few-shot macro-F1"}
 MAX_PANELS = 2
 
 

@@ -294,7 +294,8 @@ class Case:
         floor = self.suite.floor_for(self.spec, self.chain_id)
         metrics = self.measurement.metrics
         violations = [*floors.check_present(metrics, self.expected_metrics()),
-                      *floors.check(floor, metrics, self.baseline.metrics, self.extra.get("size_bytes", 0) / 1e6)]
+                      *floors.check(floor, metrics, self.baseline.metrics, self.extra.get("size_bytes", 0) / 1e6,
+                                   self.extra.get("baseline_size_bytes", 0) / 1e6)]
         worse = floors.check_reference(floor, metrics)
         self.extra["floors"] = floor.as_dict()
         self.extra["floor_violations"] = [v.message for v in [*violations, *worse]]

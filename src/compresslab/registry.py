@@ -25,13 +25,13 @@ from compresslab.models.hub import HubModel
 from compresslab.models.spec import ModelSpec
 from compresslab.tasks.base import Task
 from compresslab.tasks.classification import EmotionClassification, TweetSentiment
-from compresslab.tasks.lm import WikiPerplexity, ZeroShotSentiment
+from compresslab.tasks.lm import FewShotSentiment, WikiPerplexity
 
 TASKS: dict[str, Task] = {
     "tweet-sentiment": TweetSentiment(),
     "emotion": EmotionClassification(),
     "wiki-perplexity": WikiPerplexity(),
-    "tweet-sentiment-zeroshot": ZeroShotSentiment(),
+    "tweet-sentiment-fewshot": FewShotSentiment(),
 }
 
 MODELS: dict[str, ModelSpec] = {
@@ -42,7 +42,7 @@ MODELS: dict[str, ModelSpec] = {
     ),
     "smollm2-135m": ModelSpec(
         id="smollm2-135m", kind="causal-lm", source=SmolLM2FromGGUF(),
-        tasks=("wiki-perplexity", "tweet-sentiment-zeroshot"), latency_seq_len=128,
+        tasks=("wiki-perplexity", "tweet-sentiment-fewshot"), latency_seq_len=128,
         description="SmolLM2-135M-Instruct, dequantized from the shipped Q4_1 GGUF to fp32",
     ),
     "bert-base-emotion": ModelSpec(
@@ -54,7 +54,7 @@ MODELS: dict[str, ModelSpec] = {
     "tinyllama-1.1b": ModelSpec(
         id="tinyllama-1.1b", kind="causal-lm",
         source=HubModel("tinyllama-1.1b", "TinyLlama/TinyLlama-1.1B-Chat-v1.0", "causal-lm"),
-        tasks=("wiki-perplexity", "tweet-sentiment-zeroshot"), latency_seq_len=128,
+        tasks=("wiki-perplexity", "tweet-sentiment-fewshot"), latency_seq_len=128,
         description="TinyLlama-1.1B-Chat-v1.0 (hub or local path)",
     ),
 }

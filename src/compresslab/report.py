@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-METRIC_LABELS = {"accuracy": "acc", "macro_f1": "F1", "micro_f1": "microF1", "perplexity": "ppl",
-                 "zeroshot_accuracy": "0-shot"}
+METRIC_LABELS = {"accuracy": "acc", "macro_f1": "F1", "micro_f1": "microF1", "hard_accuracy": "hard acc",
+                 "hard_macro_f1": "hard F1", "perplexity": "ppl", "fewshot_accuracy": "6-shot acc",
+                 "fewshot_macro_f1": "6-shot F1"}
 COLUMNS = ("model", "method", "result", "metrics", "recovery", "size MB", "size x", "zstd MB", "sparsity", "p50 ms",
            "speedup", "b16 ms", "b16 x", "decode tok/s", "decode x")
 

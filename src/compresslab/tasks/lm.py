@@ -1,4 +1,4 @@
-"""Language-model tasks: held-out perplexity and zero-shot sentiment by label log-likelihood."""
+"""Language-model tasks: held-out perplexity and few-shot sentiment by calibrated label log-likelihood."""
 
 from __future__ import annotations
 
@@ -89,33 +89,59 @@ class WikiPerplexity:
         return chunks[:n]
 
 
-ZERO_SHOT_PROMPT = (
-    "Classify the sentiment of the tweet as negative, neutral or positive.\n"
-    "Tweet: {text}\n"
-    "Sentiment:"
-)
+FEW_SHOT_HEADER = "Classify the sentiment of each tweet as negative, neutral or positive.\n\n"
+FEW_SHOT_EXAMPLE = "Tweet: {text}\nSentiment: {label}\n\n"
+FEW_SHOT_QUERY = "Tweet: {text}\nSentiment:"
+# Content-free inputs (Zhao et al., 2021, "Calibrate before use"): what the prompt alone makes
+# the model say, subtracted from every example's label scores.
+CONTENT_FREE = ("N/A", "", "[MASK]")
+SHOT_MAX_CHARS = 80  # short shots keep the prompt near 190 SmolLM2 tokens
 
 
 @dataclass(frozen=True)
-class ZeroShotSentiment:
-    """Tweet sentiment with no training: the label whose tokens are most likely after a fixed prompt."""
+class FewShotSentiment:
+    """Tweet sentiment by a causal LM: balanced few-shot prompt, calibrated label scoring.
 
-    id: str = "tweet-sentiment-zeroshot"
+    Without both, SmolLM2-135M answers "negative" for every tweet (a constant predictor that
+    scored the test split's negative share, 49%). Here the evaluation set is balanced (a constant
+    predictor scores 1/3 accuracy and at most 1/6 macro-F1), the prompt shows ``shots_per_label``
+    labelled training tweets of each class, and each label's log-probability under content-free
+    inputs is subtracted, so the prior the prompt induces does not decide the answer."""
+
+    id: str = "tweet-sentiment-fewshot"
     kind: str = "lm"
-    metrics: tuple[str, ...] = ("zeroshot_accuracy",)
-    n_examples: int = 150
-    batch_size: int = 24
+    metrics: tuple[str, ...] = ("fewshot_accuracy", "fewshot_macro_f1")
+    per_label: int = 40
+    shots_per_label: int = 2
+    batch_size: int = 16
 
     def check_available(self) -> None:
         _require(tweets.load_splits)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"task": self.id, "data": _require(tweets.load_splits).fingerprint(), "prompt": ZERO_SHOT_PROMPT,
-                "n_examples": self.n_examples}
+        return {"task": self.id, "data": _require(tweets.load_splits).fingerprint(), "per_label": self.per_label,
+                "shots_per_label": self.shots_per_label, "prompt": self.prefix(), "content_free": CONTENT_FREE}
 
-    def _prompts(self, tokenizer) -> list[list[int]]:
-        return [tokenizer(ZERO_SHOT_PROMPT.format(text=e.text), add_special_tokens=False)["input_ids"]
-                for e in tweets.load_splits().test[: self.n_examples]]
+    def examples(self) -> list[tweets.Example]:
+        """The first ``per_label`` test tweets of each label, in label order."""
+        test = tweets.load_splits().test
+        return [e for label in range(len(tweets.LABELS)) for e in
+                [e for e in test if e.label == label][: self.per_label]]
+
+    def shots(self) -> list[tweets.Example]:
+        """The first short training tweets of each label, interleaved so no label comes last in a row."""
+        by_label = [[e for e in tweets.load_splits().train if e.label == label and len(e.text) <= SHOT_MAX_CHARS]
+                    [: self.shots_per_label] for label in range(len(tweets.LABELS))]
+        return [group[i] for i in range(self.shots_per_label) for group in by_label]
+
+    def prefix(self) -> str:
+        return FEW_SHOT_HEADER + "".join(FEW_SHOT_EXAMPLE.format(text=e.text, label=tweets.LABELS[e.label])
+                                         for e in self.shots())
+
+    def _prompts(self, tokenizer, texts: list[str]) -> list[list[int]]:
+        prefix = self.prefix()
+        return [tokenizer(prefix + FEW_SHOT_QUERY.format(text=text), add_special_tokens=False)["input_ids"]
+                for text in texts]
 
     def _forward_last(self, runner: Runner, sequences: list[list[int]], keep: int) -> torch.Tensor:
         """Log-probs at the last ``keep`` positions of each sequence, batched with left padding
@@ -133,10 +159,10 @@ class ZeroShotSentiment:
             chunks.append(F.log_softmax(logits.float().cpu(), -1))
         return torch.cat(chunks)
 
-    def label_scores(self, runner: Runner) -> torch.Tensor:
-        """[examples, labels] summed log-likelihood of each label's tokens after the prompt."""
+    def label_scores(self, runner: Runner, texts: list[str]) -> torch.Tensor:
+        """[texts, labels] summed log-likelihood of each label's tokens after the prompt."""
         labels = [runner.tokenizer(" " + name, add_special_tokens=False)["input_ids"] for name in tweets.LABELS]
-        prompts = self._prompts(runner.tokenizer)
+        prompts = self._prompts(runner.tokenizer, texts)
         if all(len(ids) == 1 for ids in labels):
             # One forward per prompt: every label is read off the same next-token distribution.
             logprobs = self._forward_last(runner, prompts, keep=1)[:, -1]
@@ -150,12 +176,20 @@ class ZeroShotSentiment:
         return torch.stack(scores).view(len(prompts), len(labels))
 
     def evaluate(self, runner: Runner) -> TaskResult:
-        scores = self.label_scores(runner)
-        target = torch.tensor([e.label for e in tweets.load_splits().test[: self.n_examples]])
+        examples = self.examples()
+        raw = self.label_scores(runner, [e.text for e in examples])
+        scores = raw - self.label_scores(runner, list(CONTENT_FREE)).mean(0)
+        target = torch.tensor([e.label for e in examples])
         predictions = scores.argmax(-1)
-        share = torch.bincount(predictions, minlength=len(tweets.LABELS)).float() / len(predictions)
-        return TaskResult({"zeroshot_accuracy": metrics.accuracy(predictions, target)}, reference_logits=scores,
-                          details={"predicted_label_share": dict(zip(tweets.LABELS, share.tolist()))})
+        n_labels = len(tweets.LABELS)
+        share = torch.bincount(predictions, minlength=n_labels).float() / len(predictions)
+        return TaskResult(
+            {"fewshot_accuracy": metrics.accuracy(predictions, target),
+             "fewshot_macro_f1": metrics.macro_f1(predictions, target, n_labels)},
+            reference_logits=scores,
+            details={"predicted_label_share": dict(zip(tweets.LABELS, share.tolist())),
+                     "uncalibrated_accuracy": metrics.accuracy(raw.argmax(-1), target),
+                     "constant_predictor_accuracy": 1 / n_labels, "n_examples": len(examples)})
 
     def latency_inputs(self, tokenizer, seq_len: int, batch_size: int = 1) -> dict[str, torch.Tensor]:
         return WikiPerplexity().latency_inputs(tokenizer, seq_len, batch_size)

@@ -13,7 +13,8 @@ DIRECTIONS: dict[str, int] = {
     "hard_accuracy": +1,  # tweet-sentiment on its lower-confidence split
     "hard_macro_f1": +1,
     "micro_f1": +1,
-    "zeroshot_accuracy": +1,
+    "fewshot_accuracy": +1,
+    "fewshot_macro_f1": +1,
     "perplexity": -1,
 }
 
