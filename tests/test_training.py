@@ -66,12 +66,6 @@ def test_fingerprint_holds_steps_not_seconds():
     assert FinetuneConfig(**{**fingerprint, "safety_limit_s": 99999}).fingerprint() == fingerprint
 
 
-def test_legacy_time_budget_is_ignored_and_stays_out_of_the_key():
-    with pytest.warns(DeprecationWarning, match="time_budget_s is ignored"):
-        legacy = FinetuneConfig(max_steps=6, batch_size=8, learning_rate=1e-3, max_length=32, time_budget_s=60)
-    assert legacy == CONFIG and legacy.fingerprint() == CONFIG.fingerprint()
-
-
 def test_safety_limit_must_be_positive():
     with pytest.raises(ValueError, match="safety_limit_s must be > 0"):
         FinetuneConfig(safety_limit_s=0)

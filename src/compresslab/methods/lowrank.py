@@ -25,8 +25,8 @@ from compresslab.models.structure import LowRankLinear, block_linears, lowrank_e
 RANK_MULTIPLE = 8
 
 DEFAULT_RECOVERY = TrainBudget(
-    classifier=FinetuneConfig(max_steps=200, batch_size=32, learning_rate=1e-4, time_budget_s=300),
-    causal_lm=FinetuneConfig(max_steps=80, batch_size=4, max_length=256, learning_rate=5e-5, time_budget_s=300),
+    classifier=FinetuneConfig(max_steps=200, batch_size=32, learning_rate=1e-4),
+    causal_lm=FinetuneConfig(max_steps=80, batch_size=4, max_length=256, learning_rate=5e-5),
 )
 
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 import math
 import random
 import time
-import warnings
 from collections.abc import Sequence
-from dataclasses import InitVar, asdict, dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -37,13 +36,8 @@ class FinetuneConfig:
     seed: int = 13
     # Not a budget: a run that reaches it fails (TrainingIncomplete) instead of keeping a shorter model.
     safety_limit_s: float = DEFAULT_SAFETY_LIMIT_S
-    # Accepted and ignored until every config drops it (not a field: it stays out of every key).
-    time_budget_s: InitVar[float | None] = None
 
-    def __post_init__(self, time_budget_s: float | None) -> None:
-        if time_budget_s is not None:
-            warnings.warn("FinetuneConfig.time_budget_s is ignored: training stops at max_steps only "
-                          "(safety_limit_s fails a run that overruns)", DeprecationWarning, stacklevel=3)
+    def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"FinetuneConfig.{name} must be >= 1, got {getattr(self, name)}")
