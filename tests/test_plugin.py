@@ -73,7 +73,9 @@ def test_records_extra_info_sidecar_and_skips_unavailable(suite_dir):
     # the baseline's own samples are the reference for its model's speedups
     base_extra = by_name["test_compression[tiny-clf-fp32]"]["extra_info"]
     assert base_extra["speedup_vs_baseline"] == 1.0
-    assert extra["baseline_latency_p50_ms"] == base_extra["latency_p50_ms"]
+    # the case's speedup: fp32 blocks timed just before and after it, over the case's own rounds
+    assert extra["speedup_vs_baseline"] == pytest.approx(extra["baseline_latency_p50_ms"] / extra["latency_p50_ms"])
+    assert "baseline_drift" in extra and "baseline_drift" not in base_extra
     sidecar = json.loads((suite_dir.path / ".compresslab" / "latest.json").read_text())
     outcomes = {b["name"]: b["outcome"] for b in sidecar["benchmarks"]}
     assert outcomes == {"test_compression[tiny-clf-fp32]": "passed",
@@ -203,3 +205,29 @@ def test_nan_or_missing_metric_fails_the_case_naming_metric_and_task(suite_dir, 
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*- accuracy is nan (task synthetic-sentiment)*",
                                  "*- micro_f1 is missing: task synthetic-sentiment should have produced it*"])
+
+
+class SlowingSuite:
+    """fp32 blocks of a machine that gets 2x slower while the case runs (10 ms, then 20 ms)."""
+
+    def __init__(self):
+        from compresslab.trackers.latency import LatencyStats
+
+        self.blocks = [LatencyStats((0.010,) * 5), LatencyStats((0.020,) * 5)]
+
+    def baseline_block(self, spec, baseline):
+        return self.blocks.pop(0)
+
+
+def test_speedup_divides_the_fp32_blocks_around_the_case_and_records_the_drift():
+    from compresslab.plugin import Case
+    from compresslab.trackers.latency import LatencyStats
+
+    suite = SlowingSuite()
+    case = Case(suite, spec=None, chain_id="int8-weight", measurement=None, baseline=None)
+    before = suite.baseline_block(None, None)
+    # the case is 2x faster than fp32 throughout while the machine slows linearly: 5.5 -> 9.5 ms
+    result = case.speedup(LatencyStats(tuple(0.0055 + 0.0004 * i for i in range(11))), before)
+    assert result["baseline_drift"] == pytest.approx(1.0)
+    assert result["speedup_vs_baseline"] == pytest.approx(2.0)  # fp32 15 ms at the midpoint, case 7.5 ms
+    assert suite.blocks == []

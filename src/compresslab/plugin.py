@@ -144,21 +144,20 @@ class Suite:
                             tasks=registry.TASKS)
         self.cases = CaseRunner(pipeline, registry.TASKS, self.settings.device, self.settings.threads,
                                 memory=self.settings.memory, reeval=self.settings.reeval)
-        self._baseline_latency: dict[str, Any] = {}
         self._baseline_workload: dict[str, Any] = {}
 
     def floor_for(self, spec, chain_id: str) -> Any:
         return case_floor(self.config, spec.id, chain_id)
 
-    def baseline_latency(self, spec, baseline) -> Any:
+    def baseline_block(self, spec, baseline) -> Any:
+        """One block of fp32 rounds, back to back, with its own warm-up (another runtime has just
+        had the cores): half a case's rounds, so the blocks before and after one case hold as
+        many rounds as the case."""
         from compresslab.trackers import latency
 
-        if spec.id not in self._baseline_latency:
-            inputs = self.cases.timed_inputs(spec, baseline.runner)
-            self._baseline_latency[spec.id] = latency.measure(
-                lambda: baseline.runner.logits(inputs), self.settings.device,
-                rounds=self.settings.rounds, warmup=self.settings.warmup)
-        return self._baseline_latency[spec.id]
+        inputs = self.cases.timed_inputs(spec, baseline.runner)
+        return latency.measure(lambda: baseline.runner.logits(inputs), self.settings.device,
+                               rounds=max(3, self.settings.rounds // 2), warmup=self.settings.warmup)
 
     def second_workload(self, spec, runner) -> Any:
         from compresslab.trackers.workloads import second_workload
@@ -241,8 +240,18 @@ class Case:
     def id(self) -> str:
         return f"{self.spec.id}-{self.chain_id}"
 
+    @property
+    def is_baseline(self) -> bool:
+        return self.chain_id == self.suite.registry.BASELINE_METHOD
+
     def time(self, benchmark) -> None:
-        """Time one fixed-shape inference with pytest-benchmark; derive percentiles and speedup."""
+        """Time one fixed-shape inference with pytest-benchmark, bracketed by fp32 blocks (A B A).
+
+        The speedup divides the fp32 rounds timed just before and just after this case by the
+        case's own: a machine that slows down during a run slows both sides of the ratio, which
+        fp32 timed once at the start of a model would not. Blocks, not alternating rounds:
+        runtimes taking turns round by round slow each other (an OpenVINO int8 IR measured
+        0.90 ms back to back and 2.65 ms alternating with eager PyTorch rounds)."""
         from compresslab.trackers import latency
 
         runner, settings = self.measurement.runner, self.suite.settings
@@ -254,27 +263,36 @@ class Case:
             runner.logits(inputs)
             sync()
 
+        timing = not getattr(benchmark, "disabled", False)
+        before = self.suite.baseline_block(self.spec, self.baseline) if timing and not self.is_baseline else None
         benchmark.pedantic(infer, rounds=settings.rounds, warmup_rounds=settings.warmup, iterations=1)
-        if benchmark.stats is not None and not getattr(benchmark, "disabled", False):
+        if benchmark.stats is not None and timing:
             stats = latency.LatencyStats(tuple(benchmark.stats.stats.data))
-            if self.chain_id == self.suite.registry.BASELINE_METHOD:
-                # the baseline case's own samples are the reference: its speedup is 1 by definition,
-                # and later cases of this model compare against exactly what the table shows for it
-                self.suite._baseline_latency.setdefault(self.spec.id, stats)
-            base = self.suite.baseline_latency(self.spec, self.baseline)
             self.extra.update(stats.as_ms())
             # the raw rounds, so `compresslab compare` can test a latency change statistically
             self.extra["latency_samples_ms"] = [round(1e3 * s, 6) for s in stats.samples_s]
-            self.extra["baseline_latency_p50_ms"] = 1e3 * base.median_s
-            self.extra["speedup_vs_baseline"] = base.median_s / stats.median_s
+            self.extra.update(self.speedup(stats, before))
             self.time_second_workload()  # only where timing is on (not under xdist or --benchmark-disable)
         self.extra["latency_input_shape"] = list(inputs["input_ids"].shape)
         benchmark.extra_info.update(self.extra)
 
+    def speedup(self, stats, before) -> dict[str, Any]:
+        """fp32 at the case's midpoint (the mean of the medians of the blocks before and after:
+        exact under a linear drift) over the case's median; the baseline's speedup is 1 by
+        definition, on its own rounds."""
+        if before is None:
+            return {"baseline_latency_p50_ms": 1e3 * stats.median_s, "speedup_vs_baseline": 1.0}
+        after = self.suite.baseline_block(self.spec, self.baseline)
+        fp32_s = (before.median_s + after.median_s) / 2
+        return {"baseline_latency_p50_ms": 1e3 * fp32_s,
+                "speedup_vs_baseline": fp32_s / stats.median_s,
+                # how far fp32 moved while this case ran: large values flag a machine under changing load
+                "baseline_drift": after.median_s / before.median_s - 1}
+
     def time_second_workload(self) -> None:
         """Batch 16 (classifier) or per-token decode (causal LM), against this run's fp32 on the same."""
         result = self.suite.second_workload(self.spec, self.measurement.runner)
-        if self.chain_id == self.suite.registry.BASELINE_METHOD:
+        if self.is_baseline:
             self.suite._baseline_workload.setdefault(self.spec.id, result)
         base = self.suite.baseline_workload(self.spec, self.baseline)
         self.extra.update(result.extra)
