@@ -92,21 +92,22 @@ class WikiPerplexity:
 FEW_SHOT_HEADER = "Classify the sentiment of each tweet as negative, neutral or positive.\n\n"
 FEW_SHOT_EXAMPLE = "Tweet: {text}\nSentiment: {label}\n\n"
 FEW_SHOT_QUERY = "Tweet: {text}\nSentiment:"
-# Content-free inputs (Zhao et al., 2021, "Calibrate before use"): what the prompt alone makes
-# the model say, subtracted from every example's label scores.
-CONTENT_FREE = ("N/A", "", "[MASK]")
 SHOT_MAX_CHARS = 80  # short shots keep the prompt near 190 SmolLM2 tokens
 
 
 @dataclass(frozen=True)
 class FewShotSentiment:
-    """Tweet sentiment by a causal LM: balanced few-shot prompt, calibrated label scoring.
+    """Tweet sentiment by a causal LM: balanced few-shot prompt, batch-calibrated label scoring.
 
-    Without both, SmolLM2-135M answers "negative" for every tweet (a constant predictor that
-    scored the test split's negative share, 49%). Here the evaluation set is balanced (a constant
+    Zero-shot, SmolLM2-135M answered "negative" for every tweet (a constant predictor that scored
+    the test split's negative share, 49%). Here the evaluation set is balanced (a constant
     predictor scores 1/3 accuracy and at most 1/6 macro-F1), the prompt shows ``shots_per_label``
-    labelled training tweets of each class, and each label's log-probability under content-free
-    inputs is subtracted, so the prior the prompt induces does not decide the answer."""
+    labelled training tweets of each class, and the label scores are batch-calibrated (Zhou et al.,
+    2024): each label's mean log-probability over the evaluation inputs, the bias the prompt puts
+    on that label, is subtracted, so the prompt's prior does not decide the answer. It uses no
+    labels, and a model whose output ignores its input still scores exactly 1/3. Measured on
+    SmolLM2 fp32: content-free calibration ("N/A" inputs) never predicted "neutral" (0.54
+    accuracy, 0.43 macro-F1); batch calibration predicts all three (0.63, 0.61)."""
 
     id: str = "tweet-sentiment-fewshot"
     kind: str = "lm"
@@ -120,7 +121,7 @@ class FewShotSentiment:
 
     def fingerprint(self) -> dict[str, Any]:
         return {"task": self.id, "data": _require(tweets.load_splits).fingerprint(), "per_label": self.per_label,
-                "shots_per_label": self.shots_per_label, "prompt": self.prefix(), "content_free": CONTENT_FREE}
+                "shots_per_label": self.shots_per_label, "prompt": self.prefix(), "calibration": "batch"}
 
     def examples(self) -> list[tweets.Example]:
         """The first ``per_label`` test tweets of each label, in label order."""
@@ -177,8 +178,8 @@ class FewShotSentiment:
 
     def evaluate(self, runner: Runner) -> TaskResult:
         examples = self.examples()
-        raw = self.label_scores(runner, [e.text for e in examples])
-        scores = raw - self.label_scores(runner, list(CONTENT_FREE)).mean(0)
+        raw = self.label_scores(runner, [e.text for e in examples]).log_softmax(-1)  # over the labels
+        scores = raw - raw.mean(0)
         target = torch.tensor([e.label for e in examples])
         predictions = scores.argmax(-1)
         n_labels = len(tweets.LABELS)
