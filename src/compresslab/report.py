@@ -8,7 +8,7 @@ from typing import Any
 METRIC_LABELS = {"accuracy": "acc", "macro_f1": "F1", "micro_f1": "microF1", "hard_accuracy": "hard acc",
                  "hard_macro_f1": "hard F1", "perplexity": "ppl", "fewshot_accuracy": "6-shot acc",
                  "fewshot_macro_f1": "6-shot F1"}
-COLUMNS = ("model", "method", "result", "metrics", "recovery", "size MB", "size x", "zstd MB", "sparsity", "p50 ms",
+COLUMNS = ("model", "method", "result", "metrics", "recovery", "top-1 agree", "size MB", "size x", "zstd MB", "sparsity", "p50 ms",
            "speedup", "b16 ms", "b16 x", "decode tok/s", "decode x")
 
 
@@ -40,6 +40,8 @@ def row(record: dict[str, Any]) -> tuple[str, ...]:
         result,
         _metrics(extra) or "-",
         _recovery(extra),
+        # how often the fp32 model's answer is kept: recovery near 100% can hide changed answers
+        _num(extra.get("top1_agreement"), ".1%"),
         _num(extra.get("size_bytes", 0) / 1e6 if "size_bytes" in extra else None, ".1f"),
         _num(1 / ratio if ratio else None, ".2f"),
         _num(extra["size_zstd_bytes"] / 1e6 if "size_zstd_bytes" in extra else None, ".1f"),
