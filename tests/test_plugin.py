@@ -144,6 +144,9 @@ def test_second_run_reuses_builds_and_evaluations_and_says_so(suite_dir):
         assert extra["metrics_cached"] and not first[name]["metrics_cached"]
         assert extra["metrics"] == first[name]["metrics"]
         assert extra["top1_agreement"] == first[name]["top1_agreement"]
+        # fidelity from cached reference logits is the fidelity measured fresh (a bit-identical
+        # reload must not diverge from fp32 by nats)
+        assert extra["kl_div"] == pytest.approx(first[name]["kl_div"], abs=1e-9)
     second_run.stdout.fnmatch_lines(["*acc 1 * F1 1 *", "* metrics read from the evaluation cache*"])
     run(suite_dir, "-k", "clf", "--compresslab-memory", "off", "--compresslab-reeval").assert_outcomes(passed=2)
     assert not any(extra["metrics_cached"] for extra in sidecar().values())
