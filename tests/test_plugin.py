@@ -119,8 +119,21 @@ max_size_mb = 0.001
 def test_malformed_floors_file_is_a_usage_error(suite_dir):
     suite_dir.makefile(".toml", floors="[override.tiny-clf.int9]\n")
     result = run(suite_dir, "-k", "clf")
-    assert result.ret != 0
-    assert "unknown method 'int9'" in result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "unknown method 'int9'" in result.stderr.str()
+    assert "compresslab results" not in result.stdout.str()  # nothing was built
+
+
+@pytest.mark.parametrize("option, message", [
+    (("--compresslab-device", "cuda:7"), "--compresslab-device cuda:7 requested but torch sees no CUDA device"),
+    (("--compresslab-device", "tpu"), "--compresslab-device 'tpu' is not one of"),
+    (("--compresslab-rounds", "0"), "--compresslab-rounds must be >= 1, got 0"),
+])
+def test_bad_run_settings_are_one_usage_error_before_anything_builds(suite_dir, option, message):
+    result = run(suite_dir, "-k", "clf", *option)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.str()
+    assert "compresslab results" not in result.stdout.str()
 
 
 def test_selection_by_model_and_method_keywords(suite_dir):

@@ -135,7 +135,7 @@ class Suite:
         from compresslab.methods.gptq import cpu_workers_default
         from compresslab.pipeline import Pipeline
 
-        self.settings = Settings.from_config(config)
+        self.settings = run_settings(config)
         device.pin_threads(self.settings.threads)
         cpu_workers_default(self.settings.threads)
         self.registry, self.config = registry, config
@@ -173,6 +173,21 @@ class Suite:
         return self._baseline_workload[spec.id]
 
 
+def run_settings(config: pytest.Config) -> Settings:
+    """The run's settings, checked once before anything builds: a bad device or count is one
+    line and pytest's usage-error exit (4), not an error per case."""
+    if not hasattr(config, "_compresslab_settings"):
+        try:
+            settings = Settings.from_config(config)
+        except ValueError as err:  # DeviceError
+            raise pytest.UsageError(str(err)) from None
+        for name, least in (("threads", 1), ("rounds", 1), ("warmup", 0)):
+            if getattr(settings, name) < least:
+                raise pytest.UsageError(f"--compresslab-{name} must be >= {least}, got {getattr(settings, name)}")
+        config._compresslab_settings = settings
+    return config._compresslab_settings
+
+
 def floor_book(config: pytest.Config) -> Any:
     """The run's floors, parsed once (collection marks known failures, cases check floors)."""
     if not hasattr(config, "_compresslab_floors"):
@@ -203,6 +218,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not cases:  # a project's own tests: no compresslab import on their collection
         return
     from compresslab.floors import BelowFloors
+
+    run_settings(config)
 
     for item, (model_id, chain_id) in cases:
         reason = case_floor(config, model_id, chain_id).expected_failure
