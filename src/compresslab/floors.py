@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from compresslab.pipeline import parse_chain
-from compresslab.tasks.metrics import DIRECTIONS, direction
+from compresslab.tasks.metrics import DIRECTIONS, VALUE_RANGES, direction
 
 BOUND_KEYS = ("min_recovery", "max_increase", "min", "max")
 RULE_KEYS = (*BOUND_KEYS, "max_size_mb", "max_size_ratio")
@@ -240,6 +240,16 @@ def _rule(table: Any, where: str, source: str, keys: tuple[str, ...] = RULE_KEYS
     for metric, value in bounds["min_recovery"].items():
         if not 0 < value <= 1.5:
             raise FloorsError(f"{source}: [{where}] min_recovery.{metric} = {value} is not a ratio in (0, 1.5]")
+    for metric, value in bounds["max_increase"].items():
+        if value < 0:  # a ceiling below the baseline demands that compression improve the model
+            raise FloorsError(f"{source}: [{where}] max_increase.{metric} = {value} must be >= 0 "
+                              "(a fraction of the baseline the metric may grow by)")
+    for key in ("min", "max"):
+        for metric, value in bounds[key].items():
+            low, high = VALUE_RANGES[metric]
+            if not low <= value <= high:
+                raise FloorsError(f"{source}: [{where}] {key}.{metric} = {value} is outside the values "
+                                  f"{metric} can take [{low:g}, {high:g}]")
     return Floor(**bounds, max_size_mb=size, max_size_ratio=ratio, **_known_failure(table, where, source))
 
 

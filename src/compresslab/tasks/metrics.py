@@ -19,6 +19,13 @@ DIRECTIONS: dict[str, int] = {
 }
 
 
+# The values each metric can take: a floor outside them is a typo that could never (or always) hold.
+VALUE_RANGES: dict[str, tuple[float, float]] = {
+    **{name: (0.0, 1.0) for name in DIRECTIONS if name != "perplexity"},
+    "perplexity": (1.0, math.inf),
+}
+
+
 def direction(metric: str) -> int:
     try:
         return DIRECTIONS[metric]
