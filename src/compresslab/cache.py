@@ -8,7 +8,8 @@ and sha256, build time). Guarantees:
   place only once complete, so a killed build leaves no half-entry under the key;
 - one build per key across processes (pytest-xdist workers): a file lock per key;
 - a corrupt or edited entry (checksum or size mismatch, missing manifest) is detected,
-  moved aside and rebuilt, never loaded.
+  moved aside and rebuilt, never loaded;
+- ``check_usable(root)`` turns an unusable cache dir into one ``CacheError`` line.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ MANIFEST = "manifest.json"
 PAYLOAD = "payload"
 SCHEMA = 1
 LOCK_WAIT_LOG_S = 5.0
+USABLE_HINT = "set --compresslab-cache-dir or COMPRESSLAB_CACHE_DIR to a writable directory"
 
 
 def cache_key(inputs: dict[str, Any]) -> str:
@@ -45,6 +47,34 @@ def cache_key(inputs: dict[str, Any]) -> str:
 
 class CorruptEntry(RuntimeError):
     pass
+
+
+class CacheError(ValueError):
+    """An unusable cache dir or an artifact that could not be written, said in one line."""
+
+
+def check_usable(root: Path) -> None:
+    """Create ``root`` if missing; raise CacheError when it cannot hold a cache."""
+    root = Path(root)
+    blocker = next((p for p in (root, *root.parents) if os.path.lexists(p)), None)
+    if blocker is not None and not blocker.is_dir():
+        where = "" if blocker == root else f"{blocker} "
+        what = "is a regular file, not a directory" if blocker.is_file() else "is not a directory"
+        raise CacheError(f"cache dir {root}: {where}{what} ({USABLE_HINT})")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        _probe_write(root)
+    except OSError as err:
+        raise CacheError(f"cache dir {root}: not writable ({err.strerror}) ({USABLE_HINT})") from err
+
+
+def _probe_write(root: Path) -> None:
+    # Really write: os.access reads permission bits, which root ignores and read-only mounts defeat.
+    probe = root / f".probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.write_bytes(b"ok")
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
