@@ -59,7 +59,7 @@ def test_stale_tmp_of_a_killed_process_is_cleared(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["edit", "truncate", "extra-file", "no-manifest", "bad-manifest"])
-def test_corrupt_entry_is_detected_and_rebuilt(tmp_path, damage):
+def test_corrupt_entry_is_detected_and_rebuilt(tmp_path, damage, caplog):
     ArtifactCache(tmp_path).get_or_build("k4", write_file(b"original"))
     entry_dir = tmp_path / "k4"
     if damage == "edit":
@@ -78,6 +78,8 @@ def test_corrupt_entry_is_detected_and_rebuilt(tmp_path, damage):
     entry, built = fresh.get_or_build("k4", write_file(b"rebuilt"))
     assert built and (entry.payload / "weights.bin").read_bytes() == b"rebuilt"
     assert len(list((tmp_path / ".corrupt").iterdir())) == 1  # kept aside for inspection, never loaded
+    warning, = [r for r in caplog.records if r.name == "compresslab.cache" and r.levelname == "WARNING"]
+    assert "k4" in warning.getMessage() and "rebuilding" in warning.getMessage()
 
 
 def _slow_builder(root: str, counter: str) -> None:

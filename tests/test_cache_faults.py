@@ -1,7 +1,11 @@
 """Bad input and faults around the artifact cache: unusable dirs, racing repairs, a full disk."""
 
 import errno
+import hashlib
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,19 @@ import pytest
 from compresslab import cache
 
 HINT = "set --compresslab-cache-dir or COMPRESSLAB_CACHE_DIR to a writable directory"
+
+
+def run_child(script: str, *args: object) -> subprocess.Popen:
+    # A bare interpreter that imports only compresslab.cache starts in ~0.1 s (no torch).
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def write_weights(content: bytes):
+    def build(out: Path) -> None:
+        (out / "weights.bin").write_bytes(content)
+    return build
 
 
 # --- 1. an unusable cache dir is one line -------------------------------------------------------
@@ -54,3 +71,84 @@ def test_check_usable_reports_a_failed_write_probe(tmp_path, monkeypatch):
         cache.check_usable(tmp_path)
     assert str(info.value) == f"cache dir {tmp_path}: not writable (Permission denied) ({HINT})"
     assert isinstance(info.value.__cause__, PermissionError)
+
+
+# --- 2. two processes meet one corrupt entry ----------------------------------------------------
+
+RACER = r"""
+import hashlib, json, os, sys, time
+from pathlib import Path
+from compresslab import cache
+
+root, counter, go, meet, source = map(Path, sys.argv[1:6])
+real_sha256 = cache.sha256_file
+met = []
+
+
+def sha256_then_meet(path):
+    # Rendezvous after the first checksum: both processes have judged the entry before either
+    # acts on it, the widest window two xdist workers can hit, every run instead of sometimes.
+    digest = real_sha256(path)
+    if not met:
+        met.append(True)
+        (meet / str(os.getpid())).touch()
+        deadline = time.monotonic() + 10
+        while len(list(meet.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.002)
+    return digest
+
+
+def build(out):
+    with open(counter, "a") as handle:
+        handle.write(f"{os.getpid()}\n")
+    (out / "weights.bin").write_bytes(source.read_bytes())
+
+
+cache.sha256_file = sha256_then_meet
+while not go.exists():
+    time.sleep(0.002)
+entry, built = cache.ArtifactCache(root).get_or_build("shared", build)
+cache.sha256_file = real_sha256
+cache.ArtifactCache(root).lookup("shared")  # a fresh instance verifies what was returned
+digest = hashlib.sha256((entry.payload / "weights.bin").read_bytes()).hexdigest()
+print(json.dumps({"built": built, "sha256": digest}))
+"""
+
+
+def test_two_processes_repair_a_corrupt_entry_once(tmp_path):
+    root, counter, go, meet = tmp_path / "c", tmp_path / "count.txt", tmp_path / "go", tmp_path / "meet"
+    meet.mkdir()
+    content = bytes(range(256)) * 256
+    source = tmp_path / "weights.bin"
+    source.write_bytes(content)
+    cache.ArtifactCache(root).get_or_build("shared", write_weights(content))
+    weights = root / "shared" / "payload" / "weights.bin"
+    damaged = bytearray(weights.read_bytes())
+    damaged[-1] ^= 0x01  # one flipped bit, same size: only the checksum can tell
+    weights.write_bytes(bytes(damaged))
+
+    racers = [run_child(RACER, root, counter, go, meet, source) for _ in range(2)]
+    go.touch()
+    results = [racer.communicate(timeout=30) for racer in racers]
+    assert [racer.returncode for racer in racers] == [0, 0], [err for _, err in results]
+    reports = [json.loads(out) for out, _ in results]
+    assert {r["sha256"] for r in reports} == {hashlib.sha256(content).hexdigest()}
+    assert sorted(r["built"] for r in reports) == [False, True]
+    assert len(counter.read_text().splitlines()) == 1
+    assert len(list((root / ".corrupt").iterdir())) == 1
+
+
+def test_an_entry_already_moved_aside_is_rebuilt_not_an_error(tmp_path, caplog):
+    # The lock holder finds the damaged entry gone (moved by hand, or by an older compresslab).
+    cache.ArtifactCache(tmp_path)._quarantine("gone", "cache entry gone: weights.bin fails its checksum")
+    assert "rebuilding gone" in caplog.text
+
+
+def test_a_republished_entry_is_verified_again(tmp_path):
+    reader = cache.ArtifactCache(tmp_path)
+    reader.get_or_build("k", write_weights(b"one"))
+    # Another process rebuilds the key, then its new payload is damaged on disk.
+    cache.ArtifactCache(tmp_path).get_or_build("k", write_weights(b"two"), rebuild=True)
+    (tmp_path / "k" / "payload" / "weights.bin").write_bytes(b"tw0")
+    with pytest.raises(cache.CorruptEntry):
+        reader.lookup("k")

@@ -8,7 +8,12 @@ and sha256, build time). Guarantees:
   place only once complete, so a killed build leaves no half-entry under the key;
 - one build per key across processes (pytest-xdist workers): a file lock per key;
 - a corrupt or edited entry (checksum or size mismatch, missing manifest) is detected,
-  moved aside and rebuilt, never loaded;
+  moved aside to ``<root>/.corrupt/`` and rebuilt, never loaded. Only the holder of the key's
+  lock moves it, after judging it again (another process may have repaired it meanwhile), so
+  racing workers repair it once;
+- an entry is verified once per process per published manifest: a re-publish by another
+  process is verified again (damage done later to an entry this process already verified is
+  not re-hashed);
 - ``check_usable(root)`` turns an unusable cache dir into one ``CacheError`` line.
 """
 
@@ -106,7 +111,8 @@ class ArtifactCache:
     def __init__(self, root: Path, lock_timeout_s: float = 3 * 3600):
         self.root = Path(root)
         self.lock_timeout_s = lock_timeout_s
-        self._verified: set[str] = set()
+        # key -> the manifest text this process verified the entry against (see lookup).
+        self._verified: dict[str, str] = {}
 
     def _tmp_root(self) -> Path:
         return self.root / ".tmp"
@@ -123,19 +129,24 @@ class ArtifactCache:
         path = self.path_for(key)
         if not path.exists():
             return None
-        manifest_path = path / MANIFEST
         try:
-            manifest = json.loads(manifest_path.read_text())
+            text = (path / MANIFEST).read_text()
+            manifest = json.loads(text)
         except (OSError, json.JSONDecodeError) as err:
             raise CorruptEntry(f"cache entry {key}: unreadable manifest ({err})") from err
-        if key not in self._verified:
-            self._verify(key, path / PAYLOAD, manifest)
-            self._verified.add(key)
+        # Hash once per published manifest: a re-publish writes a new one (created, build_s,
+        # checksums), so another process's rebuild is verified again rather than trusted.
+        if self._verified.get(key) != text:
+            try:
+                self._verify(key, path / PAYLOAD, manifest)
+            except OSError as err:  # files vanishing under us: another process is moving the entry
+                raise CorruptEntry(f"cache entry {key}: unreadable payload ({err})") from err
+            self._verified[key] = text
         return Entry(key, path, manifest)
 
     def _verify(self, key: str, payload: Path, manifest: dict[str, Any]) -> None:
-        expected = manifest.get("files")
-        if manifest.get("key") != key or not isinstance(expected, dict) or not expected:
+        expected = manifest.get("files") if isinstance(manifest, dict) else None
+        if not isinstance(expected, dict) or not expected or manifest.get("key") != key:
             raise CorruptEntry(f"cache entry {key}: manifest does not describe this entry")
         actual_names = {p.relative_to(payload).as_posix() for p in payload.rglob("*") if p.is_file()}
         if actual_names != set(expected):
@@ -146,10 +157,15 @@ class ArtifactCache:
                 raise CorruptEntry(f"cache entry {key}: {name} fails its checksum")
 
     def _quarantine(self, key: str, reason: str) -> None:
-        log.warning("%s; moving it aside and rebuilding", reason)
+        """Move a damaged entry aside. Only under the key's lock: nobody else publishes it meanwhile."""
         trash = self.root / ".corrupt" / f"{key}-{int(time.time())}-{uuid.uuid4().hex[:6]}"
         trash.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.path_for(key), trash)
+        try:
+            os.replace(self.path_for(key), trash)
+        except FileNotFoundError:  # already moved aside (by hand, or by a process of an older version)
+            log.warning("%s; it is gone already, rebuilding %s", reason, key)
+            return
+        log.warning("%s; moved it to %s, rebuilding %s", reason, trash, key)
 
     def _clear_stale_tmp(self, key: str) -> None:
         # Only called under the key's lock, so any tmp dir of this key is a dead build's.
@@ -165,13 +181,14 @@ class ArtifactCache:
     ) -> tuple[Entry, bool]:
         """Return (entry, built_now). ``build(payload_dir)`` writes the artifact into an empty dir."""
         if not rebuild:
-            entry = self._lookup_or_quarantine(key)
+            entry = self._lookup_verified(key)
             if entry is not None:
                 return entry, False
         lock = self._lock(key)
         self._acquire(lock, key)
         try:
-            # Another process may have published while we waited for the lock.
+            # Judged again: while we waited, another process may have published the entry, or
+            # moved a damaged one aside and rebuilt it (then it is valid and returned unbuilt).
             entry = None if rebuild else self._lookup_or_quarantine(key)
             if entry is not None:
                 return entry, False
@@ -187,7 +204,16 @@ class ArtifactCache:
             log.info("waiting for another process that is building %s", key)
         lock.acquire(timeout=self.lock_timeout_s)
 
+    def _lookup_verified(self, key: str) -> Entry | None:
+        """Without the lock: a verified entry or None. A damaged one is left for the lock holder to
+        move: two processes moving it at once would fail (FileNotFoundError) or move aside a fresh rebuild."""
+        try:
+            return self.lookup(key)
+        except CorruptEntry:
+            return None
+
     def _lookup_or_quarantine(self, key: str) -> Entry | None:
+        """Under the key's lock only."""
         try:
             return self.lookup(key)
         except CorruptEntry as err:
@@ -212,7 +238,8 @@ class ArtifactCache:
             }
             if not manifest["files"]:
                 raise RuntimeError(f"build of {key} produced no files")
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+            text = json.dumps(manifest, indent=2, default=str)
+            (tmp / MANIFEST).write_text(text)
             final = self.path_for(key)
             if final.exists():  # only with rebuild=True: replace the old entry
                 shutil.rmtree(final)
@@ -220,5 +247,5 @@ class ArtifactCache:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        self._verified.add(key)
+        self._verified[key] = text
         return Entry(key, final, manifest)
