@@ -152,3 +152,49 @@ def test_a_republished_entry_is_verified_again(tmp_path):
     (tmp_path / "k" / "payload" / "weights.bin").write_bytes(b"tw0")
     with pytest.raises(cache.CorruptEntry):
         reader.lookup("k")
+
+
+# --- 3. a full disk while saving ----------------------------------------------------------------
+
+DISK_FULL = r"""
+import json, resource, signal, sys
+from pathlib import Path
+from compresslab import cache
+
+root, limit = Path(sys.argv[1]), int(sys.argv[2])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills us instead of failing write()
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def build(out):
+    (out / "weights.bin").write_bytes(b"w" * (4 * limit))
+
+
+try:
+    cache.ArtifactCache(root).get_or_build("big", build)
+except Exception as err:
+    cause = err.__cause__
+    print(json.dumps({"type": type(err).__name__, "message": str(err),
+                      "cause_errno": getattr(cause, "errno", None)}))
+"""
+
+
+def test_a_full_disk_fails_in_one_line_and_leaves_nothing(tmp_path):
+    root, limit = tmp_path / "c", 64 * 1024
+    out, err = run_child(DISK_FULL, root, limit).communicate(timeout=30)
+    assert out, err  # the child printed its report rather than dying
+    report = json.loads(out)
+    assert report["type"] == "CacheError" and report["cause_errno"] == errno.EFBIG
+    assert report["message"].startswith("building big: could not write the artifact (File too large: ")
+    assert "\n" not in report["message"]
+    assert not (root / "big").exists() and list((root / ".tmp").iterdir()) == []
+    entry, built = cache.ArtifactCache(root).get_or_build("big", write_weights(b"w" * (4 * limit)))
+    assert built and (entry.payload / "weights.bin").stat().st_size == 4 * limit
+
+
+def test_other_build_errors_propagate_unchanged(tmp_path):
+    def missing_input(out: Path) -> None:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "model.safetensors")
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        cache.ArtifactCache(tmp_path).get_or_build("k", missing_input)
+    assert list((tmp_path / ".tmp").iterdir()) == []

@@ -14,11 +14,14 @@ and sha256, build time). Guarantees:
 - an entry is verified once per process per published manifest: a re-publish by another
   process is verified again (damage done later to an entry this process already verified is
   not re-hashed);
+- a full disk (ENOSPC, EDQUOT, EFBIG) while building fails with one line, a ``CacheError``,
+  and leaves nothing under the key nor in ``.tmp``; the next call builds afresh;
 - ``check_usable(root)`` turns an unusable cache dir into one ``CacheError`` line.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -41,6 +44,7 @@ MANIFEST = "manifest.json"
 PAYLOAD = "payload"
 SCHEMA = 1
 LOCK_WAIT_LOG_S = 5.0
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 USABLE_HINT = "set --compresslab-cache-dir or COMPRESSLAB_CACHE_DIR to a writable directory"
 
 
@@ -244,8 +248,13 @@ class ArtifactCache:
             if final.exists():  # only with rebuild=True: replace the old entry
                 shutil.rmtree(final)
             os.replace(tmp, final)
-        except BaseException:
+        except BaseException as err:
             shutil.rmtree(tmp, ignore_errors=True)
+            # Only a full disk becomes a CacheError: any other OSError of a build (a missing input,
+            # a failed download) says more as it is.
+            if isinstance(err, OSError) and err.errno in NO_ROOM:
+                where = err.filename or tmp
+                raise CacheError(f"building {key}: could not write the artifact ({err.strerror}: {where})") from err
             raise
         self._verified[key] = text
         return Entry(key, final, manifest)
