@@ -12,6 +12,8 @@ import fnmatch
 import glob
 import os
 import re
+import reprlib
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +29,22 @@ RUN_NUMBER = re.compile(r"^\d{1,4}$")
 # *_speedup fields are its ratios to the same run's fp32 on the same workload
 SECOND_WORKLOAD_KEYS = {"b16": "latency_b16_p50_ms", "decode": "decode_tokens_per_s",
                         "b16_speedup": "speedup_b16_vs_baseline", "decode_speedup": "decode_speedup_vs_baseline"}
+# extra_info numbers that compare, report and the Pareto plots do arithmetic on; null means absent
+NUMBER_FIELDS = ("size_bytes", "size_zstd_bytes", "size_ratio", "sparsity", "top1_agreement", "latency_p50_ms",
+                 "speedup_vs_baseline", "baseline_latency_p50_ms", "peak_rss_mb", "cuda_peak_mb",
+                 *SECOND_WORKLOAD_KEYS.values())
+NUMBER_MAPS = ("metrics", "recovery")  # objects of name -> number
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
 
 
 class RunError(ValueError):
     """A run that cannot be found or read: bad input (exit 2), never a regression."""
+
+
+class _Malformed(ValueError):
+    """A field of one benchmark that is not the shape compare and report read; from_document adds
+    the file and the benchmark."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,8 @@ def locate(spec: str, root: Path = Path(".")) -> Path:
         path = root / path
     if path.is_file():
         return path
+    if path.is_dir():  # a glob would find nothing and call it "no such file"
+        raise RunError(f"{path}: a directory, not a run file; give a JSON file in it, a run number or a commit glob")
     storage = root / BENCHMARKS_DIR
     if RUN_NUMBER.match(spec):
         matches = sorted(storage.glob(f"*/{int(spec):04d}_*.json"))
@@ -116,8 +132,18 @@ def load(spec: str | Path, root: Path = Path(".")) -> Run:
     path = locate(str(spec), root)
     try:
         document = results.load(path)
-    except (FileNotFoundError, ValueError, OSError) as err:
+    except FileNotFoundError as err:
         raise RunError(str(err)) from None
+    except UnicodeDecodeError as err:  # a ValueError whose text names no file
+        raise RunError(f"{path}: not a JSON text file (byte {err.start} is not {err.encoding})") from None
+    except OSError as err:
+        raise RunError(f"{path}: cannot read it ({err.strerror or err})") from None
+    except RecursionError:
+        raise RunError(f"{path}: not a run file (JSON nested too deeply)") from None
+    except ValueError as err:  # not JSON, no benchmarks list; json's own limits name no file
+        if path.stat().st_size == 0:  # what a killed job or a full disk leaves
+            raise RunError(f"{path}: an empty file, not a run") from None
+        raise RunError(str(err) if str(path) in str(err) else f"{path}: not valid JSON ({err})") from None
     return from_document(document, path)
 
 
@@ -133,20 +159,65 @@ def load_history(patterns: Iterable[str], root: Path = Path(".")) -> list[Run]:
     return found
 
 
-def from_document(document: dict[str, Any], path: Path) -> Run:
-    """Normalize a sidecar or pytest-benchmark JSON document."""
+def from_document(document: Any, path: Path) -> Run:
+    """Normalize a sidecar or pytest-benchmark JSON document. A shape compare and report cannot read
+    is a RunError naming the file, the benchmark and the field: bad input, not a crash (a crash
+    exits 1, which a CI gate reads as a regression)."""
+    benchmarks = _benchmarks(document, path)
     is_sidecar = "schema" in document and "compresslab_version" in document
     records = {}
-    for bench in document["benchmarks"]:
-        record = _sidecar_record(bench) if is_sidecar else _benchmark_record(bench)
+    for index, bench in enumerate(benchmarks):
+        if not isinstance(bench, dict):
+            raise RunError(f"{path}: benchmark #{index} is {_show(bench)}, not an object")
+        try:
+            record = _sidecar_record(bench) if is_sidecar else _benchmark_record(bench)
+        except _Malformed as err:
+            raise RunError(f"{path}: {_label(index, bench)}: {err}") from None
         if record is not None:
             records[record.name] = record
     if not records:
         raise RunError(f"{path}: no compresslab benchmarks in it")
-    commit = document.get("commit_info") or {}
-    return Run(path, "sidecar" if is_sidecar else "pytest-benchmark", records,
-               commit=commit.get("commit") or commit.get("id"), branch=commit.get("branch"),
-               created=document.get("created") or document.get("datetime"))
+    try:
+        commit = _object(document, "commit_info")
+        ids = [_string(commit, key, required=False) for key in ("commit", "id", "branch")]
+    except _Malformed as err:
+        raise RunError(f"{path}: commit_info: {err}") from None
+    return Run(path, "sidecar" if is_sidecar else "pytest-benchmark", records, commit=ids[0] or ids[1],
+               branch=ids[2], created=document.get("created") or document.get("datetime"))
+
+
+def _benchmarks(document: Any, path: Path) -> list[Any]:
+    if not isinstance(document, dict):
+        raise RunError(f"{path}: the top level is {_show(document)}, not an object with a 'benchmarks' list")
+    benchmarks = document.get("benchmarks")
+    if not isinstance(benchmarks, list):
+        found = "missing" if benchmarks is None else f"{_show(benchmarks)}, not a list"
+        raise RunError(f"{path}: 'benchmarks' is {found}; not a compresslab sidecar or pytest-benchmark JSON")
+    return benchmarks
+
+
+def _sidecar_record(bench: dict[str, Any]) -> Record | None:
+    if "model" not in bench:
+        return None
+    extra = _checked_extra(bench)
+    name, model, method = (_string(bench, key) for key in ("name", "model", "method"))
+    outcome, reason = (_string(bench, key, required=False) for key in ("outcome", "reason"))
+    return Record(name, model, method, outcome or "?", extra, reason, _samples(extra))
+
+
+def _benchmark_record(bench: dict[str, Any]) -> Record | None:
+    if "model" not in _object(bench, "extra_info"):  # a benchmark that is not a compresslab case
+        return None
+    extra = _checked_extra(bench)
+    stats = _object(bench, "stats")
+    median = _number(stats.get("median"), "stats.median")
+    _numbers(stats, "data", "stats.data")
+    if "latency_p50_ms" not in extra and median is not None:
+        extra["latency_p50_ms"] = 1e3 * median
+    violations = extra.get("floor_violations") or []
+    outcome = extra.get("outcome") or ("failed" if violations else "passed")
+    return Record(_string(bench, "name"), _string(extra, "model"), _string(extra, "method"), outcome, extra,
+                  "; ".join(violations) or None, _samples(extra, stats))
 
 
 def _samples(extra: dict[str, Any], stats: dict[str, Any] | None = None) -> tuple[float, ...] | None:
@@ -157,22 +228,83 @@ def _samples(extra: dict[str, Any], stats: dict[str, Any] | None = None) -> tupl
     return tuple(1e3 * float(s) for s in data) if data else None
 
 
-def _sidecar_record(bench: dict[str, Any]) -> Record | None:
-    extra = bench.get("extra_info") or {}
-    if "model" not in bench:
-        return None
-    return Record(bench["name"], bench["model"], bench["method"], bench.get("outcome", "?"), extra,
-                  bench.get("reason"), _samples(extra))
+# --- the shape of one benchmark: what compare, report and the plots read --------------------------
+
+def _checked_extra(bench: dict[str, Any]) -> dict[str, Any]:
+    """A copy of extra_info whose numbers are numbers. A null number is dropped: absent and null
+    mean the same to compare, and the report formats what is there."""
+    extra = dict(_object(bench, "extra_info"))
+    for key in NUMBER_FIELDS:
+        if _number(extra.get(key), key) is None:
+            extra.pop(key, None)
+    for key in NUMBER_MAPS:
+        if extra.get(key) is None:
+            extra.pop(key, None)
+            continue
+        values = _object(extra, key).items()
+        extra[key] = {name: value for name, value in values if _number(value, f"{key}.{name}") is not None}
+    _numbers(extra, "latency_samples_ms")
+    for key in ("model", "method", "outcome"):
+        _string(extra, key, required=False)
+    _list(extra, "floor_violations", str)
+    _list(extra, "latency_input_shape")
+    return extra
 
 
-def _benchmark_record(bench: dict[str, Any]) -> Record | None:
-    extra = dict(bench.get("extra_info") or {})
-    if "model" not in extra:  # a benchmark that is not a compresslab case
+def _show(value: Any) -> str:
+    """A value as a message shows it: on one line, cut short."""
+    return _SHORT.repr(value)
+
+
+def _label(index: int, bench: dict[str, Any]) -> str:
+    name = bench.get("name")
+    if name is None:
+        return f"benchmark #{index}"
+    return f"benchmark #{index} ({_show(name)[1:-1] if isinstance(name, str) else _show(name)})"
+
+
+def _object(container: dict[str, Any], key: str) -> dict[str, Any]:
+    """An object field; {} when absent or null."""
+    value = container.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise _Malformed(f"{key} is {_show(value)}, not an object")
+    return value or {}
+
+
+def _string(container: dict[str, Any], key: str, required: bool = True) -> str | None:
+    value = container.get(key)
+    if value is None and not required:
         return None
-    stats = bench.get("stats") or {}
-    if "latency_p50_ms" not in extra and stats.get("median") is not None:
-        extra["latency_p50_ms"] = 1e3 * stats["median"]
-    violations = extra.get("floor_violations") or []
-    outcome = extra.get("outcome") or ("failed" if violations else "passed")
-    return Record(bench["name"], extra["model"], extra["method"], outcome, extra,
-                  "; ".join(violations) or None, _samples(extra, stats))
+    if key not in container:
+        raise _Malformed(f"no {key!r}")
+    if not isinstance(value, str):
+        raise _Malformed(f"{key} is {_show(value)}, not a string")
+    return value
+
+
+def _list(container: dict[str, Any], key: str, item: type | None = None) -> None:
+    value = container.get(key)
+    if value is not None and not (isinstance(value, list) and all(isinstance(v, item or object) for v in value)):
+        raise _Malformed(f"{key} is {_show(value)}, not a list{f' of {item.__name__}' if item else ''}")
+
+
+def _number(value: Any, what: str) -> Any:
+    """``value`` when it is a number, NaN and inf included (compare has rules for them), or null."""
+    if value is None or isinstance(value, float):
+        return value
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _Malformed(f"{what} is {_show(value)}, not a number")
+    if abs(value) > sys.float_info.max:  # compare's float arithmetic would overflow
+        raise _Malformed(f"{what} is {_show(value)}, too large a number")
+    return value
+
+
+def _numbers(container: dict[str, Any], key: str, what: str | None = None) -> None:
+    """A list of numbers (latency rounds), or absent or null."""
+    values, what = container.get(key), what or key
+    if values is not None and not isinstance(values, list):
+        raise _Malformed(f"{what} is {_show(values)}, not a list of numbers")
+    for index, value in enumerate(values or ()):
+        if value is None:
+            raise _Malformed(f"{what}[{index}] is None, not a number")
+        _number(value, f"{what}[{index}]")
