@@ -150,3 +150,55 @@ def test_history_glob_matching_nothing_is_bad_input(tmp_path, capsys):
     good = str(write(tmp_path / "good.json", sidecar(1)))
     assert cli.main(["compare", good, good, "--history", str(tmp_path / "none" / "*.json")]) == cli.EXIT_BAD_INPUT
     assert "no file matches" in one_line(capsys, "compare")
+
+
+@pytest.mark.parametrize("error", [
+    PermissionError(13, "Permission denied", "/runs/base.json"),
+    NotADirectoryError(20, "Not a directory", "/cache/file/.locks"),
+    OSError(28, "No space left on device"),
+])
+def test_an_os_error_in_any_command_is_one_line(monkeypatch, capsys, error):
+    def fails(args):
+        raise error
+    monkeypatch.setattr(cli, "cmd_compare", fails)
+    assert cli.main(["compare", "a", "b"]) == cli.EXIT_BAD_INPUT
+    err = one_line(capsys, "compare")
+    assert error.strerror in err and (error.filename or "") in err and "Errno" not in err
+
+
+def test_report_into_a_regular_file_is_one_line(tmp_path, capsys):
+    run, blocker = write(tmp_path / "run.json", sidecar(1)), tmp_path / "blocker"
+    blocker.write_text("")
+    assert cli.main(["report", str(run), "--out", str(blocker / "report")]) == cli.EXIT_BAD_INPUT
+    assert str(blocker) in one_line(capsys, "report")
+
+
+def test_build_with_a_regular_file_as_cache_dir_fails_before_any_model_work(tmp_path, capsys, monkeypatch):
+    from compresslab import device, pipeline
+
+    def no_model_work(*args, **kwargs):
+        raise AssertionError("model work started before the cache dir was checked")
+    for module, name in ((pipeline.Pipeline, "build"), (device, "resolve"), (device, "pin_threads")):
+        monkeypatch.setattr(module, name, no_model_work)
+    blocker = tmp_path / "cache"
+    blocker.write_text("")
+    assert cli.main(["build", "minilm-sentiment", "fp32", "--cache-dir", str(blocker)]) == cli.EXIT_BAD_INPUT
+    assert str(blocker) in one_line(capsys, "build")
+
+
+def test_without_the_cache_check_the_cache_mkdir_error_is_still_one_line(tmp_path, capsys, monkeypatch):
+    from types import SimpleNamespace
+
+    from compresslab import cache, device, pipeline, registry
+
+    def first_cache_write(self, spec, chain, resolved):  # what Pipeline.build does first: take a key's lock
+        return self.cache.get_or_build("key", lambda out: None)
+    monkeypatch.setattr(cache, "check_usable", lambda root: None)
+    monkeypatch.setattr(device, "pin_threads", lambda threads: None)
+    monkeypatch.setattr(registry, "get_model", lambda name: SimpleNamespace(source=SimpleNamespace(check_available=str)))
+    monkeypatch.setattr(pipeline.Pipeline, "build", first_cache_write)
+    blocker = tmp_path / "cache"
+    blocker.write_text("")
+    assert cli.main(["build", "minilm-sentiment", "fp32", "--cache-dir", str(blocker)]) == cli.EXIT_BAD_INPUT
+    err = one_line(capsys, "build")
+    assert f"{blocker}/" in err and "Not a directory" in err

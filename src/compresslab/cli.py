@@ -1,4 +1,8 @@
-"""``compresslab list | build | report | compare``."""
+"""``compresslab list | build | report | compare``.
+
+Exit status: 0 ok, 1 a regression (compare), 2 bad input, told in one line on stderr:
+``compresslab <command>: <message>``.
+"""
 
 from __future__ import annotations
 
@@ -52,18 +56,18 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from compresslab import device, registry
-    from compresslab.cache import ArtifactCache
+    from compresslab import cache, device, registry
     from compresslab.pipeline import Pipeline
     from compresslab.plugin import default_cache_dir
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cache_dir = Path(args.cache_dir or default_cache_dir())
+    cache.check_usable(cache_dir)  # a file or a read-only dir: one line now, not a traceback after the model work
     resolved = device.resolve(args.device)
     device.pin_threads(args.threads or device.available_cpus())
     spec = registry.get_model(args.model)
     spec.source.check_available()
-    pipeline = Pipeline(ArtifactCache(Path(args.cache_dir or default_cache_dir())), registry.METHODS,
-                        rebuild=args.rebuild, tasks=registry.TASKS)
+    pipeline = Pipeline(cache.ArtifactCache(cache_dir), registry.METHODS, rebuild=args.rebuild, tasks=registry.TASKS)
     artifact = pipeline.build(spec, args.method, resolved)
     for stage in artifact.stages:
         state = "built" if stage.built_now else "cached"
@@ -150,10 +154,19 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (KeyError, ValueError, FileNotFoundError, FloorsError, DeviceError, ModelUnavailable) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+    except (KeyError, ValueError, OSError, FloorsError, DeviceError, ModelUnavailable) as err:
+        # one line: a CI log shows it whole, and no traceback reads as a crash (exit 1, "regression")
+        message = " ".join(str(_message(err)).splitlines())
         print(f"compresslab {args.command}: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _message(err: Exception) -> object:
+    if isinstance(err, KeyError) and err.args:
+        return err.args[0]
+    if isinstance(err, OSError) and err.strerror:  # not "[Errno 20] Not a directory: '<path>'"
+        return f"{err.filename}: {err.strerror}" if err.filename else err.strerror
+    return err
 
 
 if __name__ == "__main__":
