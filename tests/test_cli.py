@@ -202,3 +202,26 @@ def test_without_the_cache_check_the_cache_mkdir_error_is_still_one_line(tmp_pat
     assert cli.main(["build", "minilm-sentiment", "fp32", "--cache-dir", str(blocker)]) == cli.EXIT_BAD_INPUT
     err = one_line(capsys, "build")
     assert f"{blocker}/" in err and "Not a directory" in err
+
+
+def test_list_with_a_missing_or_malformed_floors_file_is_bad_input_before_the_listing(tmp_path, capsys):
+    missing = tmp_path / "nonexistent.toml"
+    assert cli.main(["list", "--floors", str(missing)]) == cli.EXIT_BAD_INPUT
+    assert capsys.readouterr() == ("", f"compresslab list: --floors {missing}: no such file\n")
+    assert cli.main(["list", "--floors", str(tmp_path)]) == cli.EXIT_BAD_INPUT
+    assert capsys.readouterr() == ("", f"compresslab list: --floors {tmp_path}: a directory, not a file\n")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[defaults\nmin = 1\n")
+    assert cli.main(["list", "--floors", str(broken)]) == cli.EXIT_BAD_INPUT
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1 and err.startswith(f"compresslab list: {broken}: not valid TOML")
+
+
+def test_list_without_floors_uses_floors_toml_here_or_says_there_is_none(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "_available", lambda check: "-")  # the package checks take seconds
+    assert cli.main(["list"]) == cli.EXIT_OK
+    assert capsys.readouterr().out.splitlines()[-1] == "floors: none (no floors.toml here; --floors FILE)"
+    (tmp_path / "floors.toml").write_text((Path(__file__).parents[1] / "floors.toml").read_text())
+    assert cli.main(["list"]) == cli.EXIT_OK
+    assert "floors (floors.toml):" in capsys.readouterr().out

@@ -22,9 +22,21 @@ def _available(check) -> str:
     return "yes"
 
 
+def _floors_path(given: str | None) -> Path | None:
+    """An explicit --floors FILE must exist; without it, floors.toml here if there is one."""
+    if given is None:
+        return Path("floors.toml") if Path("floors.toml").is_file() else None
+    if not Path(given).is_file():
+        raise ValueError(f"--floors {given}: {'a directory, not a file' if Path(given).is_dir() else 'no such file'}")
+    return Path(given)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
+    floors_path = _floors_path(args.floors)  # before the seconds of importing the registry
     from compresslab import floors, registry
 
+    # a malformed floors file fails before the listing, not after a screen of it
+    book = floors.load(floors_path, registry.MODELS, registry.METHODS) if floors_path else None
     print("models:")
     for model_id, spec in registry.MODELS.items():
         def check(spec=spec):
@@ -44,9 +56,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         status = _available(lambda m=method: m.check_supported(m.kinds[0], "cpu"))
         print(f"  {method_id:<{id_width}} family={method.family:<{family_width}} packages={packages:<{package_width}} "
               f"kinds={','.join(method.kinds):<21} devices={','.join(method.devices):<9} cpu-here={status}")
-    floors_path = Path(args.floors)
-    if floors_path.is_file():
-        book = floors.load(floors_path, registry.MODELS, registry.METHODS)
+    if book is None:
+        print("floors: none (no floors.toml here; --floors FILE)")
+    else:
         family_of = {name: m.family for name, m in registry.METHODS.items()}
         print(f"floors ({floors_path}):")
         for model_id, chains in registry.DEFAULT_MATRIX.items():
@@ -107,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="compresslab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     listing = sub.add_parser("list", help="models, methods (with availability here) and their floors")
-    listing.add_argument("--floors", default="floors.toml")
+    listing.add_argument("--floors", metavar="FILE", help="the floors to list (default: floors.toml here, if any)")
     listing.add_argument("--check", action="store_true", help="also check each model's weights and data")
     listing.set_defaults(func=cmd_list)
     build = sub.add_parser("build", help="build (or find in the cache) one model x method chain")
