@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from compresslab import cli, runs
+from compresslab import __version__, cli, runs
 from runfiles import as_pytest_benchmark, sidecar, write
 
 
@@ -225,3 +225,9 @@ def test_list_without_floors_uses_floors_toml_here_or_says_there_is_none(tmp_pat
     (tmp_path / "floors.toml").write_text((Path(__file__).parents[1] / "floors.toml").read_text())
     assert cli.main(["list"]) == cli.EXIT_OK
     assert "floors (floors.toml):" in capsys.readouterr().out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out == f"compresslab {__version__}\n"

@@ -11,6 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
+from compresslab import __version__
+
 EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT = 0, 1, 2
 
 
@@ -116,7 +118,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="compresslab", description=__doc__)
+    parser = argparse.ArgumentParser(prog="compresslab", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"compresslab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     listing = sub.add_parser("list", help="models, methods (with availability here) and their floors")
     listing.add_argument("--floors", metavar="FILE", help="the floors to list (default: floors.toml here, if any)")
