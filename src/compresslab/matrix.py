@@ -1,4 +1,5 @@
-"""Which model x method cases a benchmark run parametrizes: the registry default or COMPRESSLAB_MATRIX."""
+"""Which model x method cases a benchmark run parametrizes (the registry's full matrix, or
+COMPRESSLAB_MATRIX) and the tier each case belongs to (smoke within default within full)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,12 @@ def parse_matrix(text: str, models, methods) -> dict[str, tuple[str, ...]]:
         chain_ids = tuple(c.strip() for c in chains.split(","))
         for chain_id in chain_ids:
             parse_chain(chain_id, methods)
+        if model_id in matrix:  # a second entry would silently replace the first
+            raise ValueError(f"{ENV}: model {model_id!r} appears twice; list its methods once, "
+                             f"e.g. '{model_id}:{','.join((*matrix[model_id], *chain_ids))}'")
+        repeated = sorted({c for c in chain_ids if chain_ids.count(c) > 1})
+        if repeated:
+            raise ValueError(f"{ENV}: {model_id} lists {', '.join(repeated)} more than once")
         matrix[model_id] = chain_ids
     if not matrix:
         raise ValueError(f"{ENV} is set but names no cases")
@@ -29,7 +36,21 @@ def parse_matrix(text: str, models, methods) -> dict[str, tuple[str, ...]]:
 
 
 def selected_matrix() -> dict[str, tuple[str, ...]]:
+    """Every case a benchmark file parametrizes: COMPRESSLAB_MATRIX when set, else the full matrix
+    (the run's tier then deselects what it does not hold)."""
     from compresslab import registry
 
     text = os.environ.get(ENV)
-    return parse_matrix(text, registry.MODELS, registry.METHODS) if text else dict(registry.DEFAULT_MATRIX)
+    return parse_matrix(text, registry.MODELS, registry.METHODS) if text else dict(registry.FULL_MATRIX)
+
+
+def tier_of(model_id: str, chain_id: str, known_bad: bool) -> str:
+    """The smallest tier that holds a case: smoke, default (its kind's default rows that the floors
+    do not mark as a known failure) or full."""
+    from compresslab import registry
+
+    if chain_id in registry.SMOKE_MATRIX.get(model_id, ()):
+        return "smoke"
+    kind = registry.MODELS[model_id].kind
+    return "default" if chain_id in registry.DEFAULT_TIER.get(kind, ()) and not known_bad else "full"
+

@@ -21,6 +21,8 @@ log = logging.getLogger("compresslab")
 DEFAULT_ROUNDS = 30
 DEFAULT_WARMUP = 5
 RECORDS_KEY = "compresslab_records"
+RUN_ID_KEY = "compresslab_run_id"
+TIERS = ("smoke", "default", "full")  # registry.TIERS, here without importing torch at plugin load
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -46,6 +48,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--compresslab-fail", action="append", default=[], metavar="RULE",
                     help="regression rule for --compresslab-baseline, e.g. size:+1%% latency:+10%% accuracy:-0.5pt; "
                          "repeat or comma-separate")
+    group.addoption("--compresslab-tier", choices=TIERS, default=None,
+                    help="which cases of the registry's matrix run: smoke (CI on every pull request), default "
+                         "(the Pareto-relevant rows; the default without COMPRESSLAB_MATRIX) or full (every row, "
+                         "the slow and the known-bad included; the default with COMPRESSLAB_MATRIX)")
     group.addoption("--compresslab-allow-missing", action="store_true",
                     help="with --compresslab-baseline: a collected case that passed in the baseline and is skipped "
                          "now is no regression (one that fails or errors still is)")
@@ -53,8 +59,67 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "compresslab(model, method): a compression case")
+    config.addinivalue_line("markers", "smoke: a case of the smoke tier (what CI runs on every pull request)")
+    config.addinivalue_line("markers", "slow: a case of the full tier only (slow to build, or a known failure)")
+    config.addinivalue_line("markers", "compresslab_tiered: a case of the registry's matrix, which --compresslab-tier "
+                                       "(default: default) selects from")
     config._compresslab_records = []  # type: ignore[attr-defined]
-    config._compresslab_gate = None if hasattr(config, "workerinput") else gate_settings(config)
+    is_worker = hasattr(config, "workerinput")
+    config._compresslab_gate = None if is_worker else gate_settings(config)
+    check_matrix_env()
+    config._compresslab_run_id = config.workerinput[RUN_ID_KEY] if is_worker else new_run_id()
+    config._compresslab_journal = None
+    if not is_worker:
+        show_warnings_live(config)
+
+
+def check_matrix_env() -> None:
+    """A bad COMPRESSLAB_MATRIX is one usage-error line before collection, not a collection error."""
+    from compresslab.matrix import ENV
+
+    if os.environ.get(ENV):
+        from compresslab import matrix
+
+        try:
+            matrix.selected_matrix()
+        except (KeyError, ValueError) as err:
+            raise pytest.UsageError(err.args[0] if isinstance(err, KeyError) else str(err)) from None
+
+
+def new_run_id() -> str:
+    import time
+    import uuid
+
+    return f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """xdist controller: every worker appends to this run's journal under the same run id."""
+    node.workerinput[RUN_ID_KEY] = node.config._compresslab_run_id
+
+
+class LiveWarnings(logging.Handler):
+    """compresslab's warnings (a corrupt cache entry moved aside, a slow lock) on the terminal as
+    they happen, not only under --log-cli-level: they explain a rebuild the user is waiting for."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.setFormatter(logging.Formatter("compresslab: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        import sys
+
+        # sys.__stderr__: pytest's capture swaps sys.stderr; builds run with capture suspended
+        print(self.format(record), file=sys.__stderr__, flush=True)
+
+
+def show_warnings_live(config: pytest.Config) -> None:
+    if config.getoption("log_cli_level", None) or config.getini("log_cli"):
+        return  # pytest's live log already shows them
+    handler = LiveWarnings()
+    logging.getLogger("compresslab").addHandler(handler)
+    config.add_cleanup(lambda: logging.getLogger("compresslab").removeHandler(handler))
 
 
 @dataclass(frozen=True)
@@ -109,7 +174,8 @@ class Settings:
             rebuild=option("--compresslab-rebuild"),
             results_dir=results if results.is_absolute() else Path(config.rootpath) / results,
             device=device.resolve(option("--compresslab-device"), os.environ.get("PYTEST_XDIST_WORKER")),
-            threads=option("--compresslab-threads") or device.available_cpus(),
+            threads=device.available_cpus() if option("--compresslab-threads") is None
+            else option("--compresslab-threads"),
             rounds=option("--compresslab-rounds"),
             warmup=option("--compresslab-warmup"),
             memory=option("--compresslab-memory"),
@@ -184,6 +250,12 @@ def run_settings(config: pytest.Config) -> Settings:
         for name, least in (("threads", 1), ("rounds", 1), ("warmup", 0)):
             if getattr(settings, name) < least:
                 raise pytest.UsageError(f"--compresslab-{name} must be >= {least}, got {getattr(settings, name)}")
+        from compresslab.cache import CacheError, check_usable
+
+        try:
+            check_usable(settings.cache_dir)
+        except CacheError as err:
+            raise pytest.UsageError(str(err)) from None
         config._compresslab_settings = settings
     return config._compresslab_settings
 
@@ -210,9 +282,11 @@ def case_floor(config: pytest.Config, model_id: str, chain_id: str) -> Any:
     return floor_book(config).floor_for(model_id, chain_id, family_of)
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m and -k: the tier markers below must be there when they select
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A combination known to fall below its floors runs as an expected failure: XFAIL only when
-    it is below its floors (a crash is still an error), XPASS when it meets them."""
+    """Each case gets its tier's marker (``smoke``; ``slow`` for the full tier only) and the run keeps
+    the cases of its tier. A combination known to fall below its floors runs as an expected failure:
+    XFAIL only when it is below its floors (a crash is still an error), XPASS when it meets them."""
     cases = [(item, _case_param(item)) for item in items]
     cases = [(item, case) for item, case in cases if case is not None]
     if not cases:  # a project's own tests: no compresslab import on their collection
@@ -220,11 +294,45 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     from compresslab.floors import BelowFloors
 
     run_settings(config)
-
+    # the registry's matrix (marked compresslab_tiered) runs the default tier unless told otherwise;
+    # a case list given by COMPRESSLAB_MATRIX or a project's own parametrization runs as listed
+    explicit_tier = config.getoption("--compresslab-tier")
+    run_tier = explicit_tier or "default"
+    outside = []
     for item, (model_id, chain_id) in cases:
-        reason = case_floor(config, model_id, chain_id).expected_failure
-        if reason:
-            item.add_marker(pytest.mark.xfail(reason=reason, raises=BelowFloors, strict=False))
+        floor = case_floor(config, model_id, chain_id)
+        tier = case_tier(model_id, chain_id, known_bad=bool(floor.expected_failure))
+        if tier != "default":
+            item.add_marker("smoke" if tier == "smoke" else "slow")
+        if floor.expected_failure:
+            item.add_marker(pytest.mark.xfail(reason=floor.expected_failure, raises=BelowFloors, strict=False))
+        if (explicit_tier or item.get_closest_marker("compresslab_tiered")) and not in_tier(tier, run_tier):
+            outside.append(item)
+    if outside:
+        config.hook.pytest_deselected(items=outside)
+        items[:] = [item for item in items if item not in set(outside)]
+    config._compresslab_tier_counts = (run_tier, len(cases) - len(outside), len(cases))
+
+
+def case_tier(model_id: str, chain_id: str, known_bad: bool) -> str:
+    from compresslab import matrix, registry
+
+    if model_id not in registry.MODELS:
+        return "full"
+    return matrix.tier_of(model_id, chain_id, known_bad)
+
+
+def in_tier(case: str, run: str) -> bool:
+    return TIERS.index(case) <= TIERS.index(run)
+
+
+def pytest_report_collectionfinish(config: pytest.Config, start_path, items) -> str | None:
+    counts = getattr(config, "_compresslab_tier_counts", None)
+    if not counts or counts[1] == counts[2]:
+        return None
+    tier, kept, total = counts
+    return (f"compresslab: tier {tier}: {kept} of {total} cases "
+            f"(--compresslab-tier full for every row; `compresslab list` shows each case's tier)")
 
 
 def _case_param(item: pytest.Item) -> tuple[str, str] | None:
@@ -349,9 +457,12 @@ def _fmt(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
 
 
-def case_params(matrix: dict[str, tuple[str, ...]]) -> list:
-    """pytest params with ids ``<model>-<method>`` so ``-k "smollm2 and int8"`` selects as expected."""
-    return [pytest.param((model_id, chain_id), id=f"{model_id}-{chain_id}")
+def case_params(matrix: dict[str, tuple[str, ...]], tiered: bool = False) -> list:
+    """pytest params with ids ``<model>-<method>`` so ``-k "smollm2 and int8"`` selects as expected.
+    ``tiered``: the run's tier (--compresslab-tier) deselects the cases outside it; otherwise the
+    list runs as given unless --compresslab-tier is set."""
+    marks = (pytest.mark.compresslab_tiered,) if tiered else ()
+    return [pytest.param((model_id, chain_id), id=f"{model_id}-{chain_id}", marks=marks)
             for model_id, chains in matrix.items() for chain_id in chains]
 
 
