@@ -71,6 +71,25 @@ def pytest_configure(config: pytest.Config) -> None:
     config._compresslab_journal = None
     if not is_worker:
         show_warnings_live(config)
+        stop_cleanly_on_sigterm(config)
+
+
+def stop_cleanly_on_sigterm(config: pytest.Config) -> None:
+    """A CI time limit or a cancelled job sends SIGTERM: stop as on Ctrl-C, so the session end still
+    writes the cases that finished (a sidecar marked incomplete) instead of dying without a record."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return  # not ours to take over (another handler, or not the main thread)
+
+    def interrupt(signum, frame):
+        config._compresslab_signal = "SIGTERM"
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    config.add_cleanup(lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
 
 
 def check_matrix_env() -> None:
@@ -168,11 +187,10 @@ class Settings:
         from compresslab import device
 
         option = config.getoption
-        results = Path(option("--compresslab-results-dir"))
         return cls(
             cache_dir=Path(option("--compresslab-cache-dir") or default_cache_dir()).expanduser(),
             rebuild=option("--compresslab-rebuild"),
-            results_dir=results if results.is_absolute() else Path(config.rootpath) / results,
+            results_dir=results_dir(config),
             device=device.resolve(option("--compresslab-device"), os.environ.get("PYTEST_XDIST_WORKER")),
             threads=device.available_cpus() if option("--compresslab-threads") is None
             else option("--compresslab-threads"),
@@ -540,6 +558,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         "extra_info": dict(case.extra) if case else {},
     }
     item.config._compresslab_records.append(record)
+    results_journal(item.config).append(record)
     benchmark = getattr(item, "funcargs", {}).get("benchmark")
     if benchmark is not None:  # pytest-benchmark's JSON then says how the case ended, floors included
         benchmark.extra_info.update(outcome=report.outcome, floor_violations=record["extra_info"].get(
@@ -574,22 +593,60 @@ def pytest_testnodedown(node, error) -> None:
     node.config._compresslab_records.extend(records)
 
 
+def results_dir(config: pytest.Config) -> Path:
+    path = Path(config.getoption("--compresslab-results-dir"))
+    return path if path.is_absolute() else Path(config.rootpath) / path
+
+
+class Journal:
+    """This process's append-only record of the cases it finished (results.py), opened on the first."""
+
+    def __init__(self, config: pytest.Config):
+        from compresslab import results
+
+        process = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        self.path = results.journal_path(results_dir(config), config._compresslab_run_id, process)
+
+    def append(self, record: dict[str, Any]) -> None:
+        from compresslab import results
+
+        results.append_to_journal(self.path, record)
+
+
+def results_journal(config: pytest.Config) -> Journal:
+    if config._compresslab_journal is None:
+        config._compresslab_journal = Journal(config)
+    return config._compresslab_journal
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     records = config._compresslab_records
     if hasattr(config, "workerinput"):  # xdist worker: hand records to the controller
         config.workeroutput[RECORDS_KEY] = records
         return
-    if not records:
-        return
     from compresslab import results
 
-    results_dir = Path(config.getoption("--compresslab-results-dir"))
-    if not results_dir.is_absolute():
-        results_dir = Path(config.rootpath) / results_dir
-    config._compresslab_sidecar = results.write_sidecar(records, results_dir)
+    out = results_dir(config)
+    journals = results.run_journals(out, config._compresslab_run_id)
+    records = with_journal_records(records, results.read_journal(journals))
+    if not records:
+        return
+    incomplete = None
+    if exitstatus == pytest.ExitCode.INTERRUPTED:
+        incomplete = f"interrupted ({getattr(config, '_compresslab_signal', 'KeyboardInterrupt')})"
+    config._compresslab_incomplete = incomplete
+    config._compresslab_sidecar = results.write_sidecar(records, out, incomplete)
+    results.drop_journals(journals)
     if config._compresslab_gate is not None:
         check_gate(session, config._compresslab_gate)
+
+
+def with_journal_records(records: list[dict[str, Any]], journal: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """This session's records, plus those only a journal holds (an xdist worker that was stopped
+    before it could hand its records over)."""
+    names = {record["name"] for record in records}
+    return [*records, *(record for record in journal if record.get("name") not in names)]
 
 
 def check_gate(session: pytest.Session, gate: Gate) -> None:
@@ -633,6 +690,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     sidecar = getattr(config, "_compresslab_sidecar", None)
     if sidecar:
         terminalreporter.write_line(f"sidecar: {sidecar}")
+    incomplete = getattr(config, "_compresslab_incomplete", None)
+    if incomplete:
+        terminalreporter.write_line(f"run {incomplete}: the sidecar holds the {len(records)} case(s) that finished "
+                                    f"and is marked incomplete", yellow=True)
     gate_summary(terminalreporter, config)
 
 

@@ -90,6 +90,7 @@ class Run:
     commit: str | None = None
     branch: str | None = None
     created: str | None = None
+    incomplete: str | None = None  # why the run ended before its last case (interrupted, killed)
 
     @property
     def models(self) -> set[str]:
@@ -98,7 +99,8 @@ class Run:
     def describe(self) -> str:
         commit = (self.commit or "no commit")[:10]
         return f"{self.path} ({self.kind}; {commit}{f' on {self.branch}' if self.branch else ''}" \
-               f"{f', {self.created}' if self.created else ''}; {len(self.records)} benchmarks)"
+               f"{f', {self.created}' if self.created else ''}; {len(self.records)} benchmarks" \
+               f"{f'; INCOMPLETE: {self.incomplete}' if self.incomplete else ''})"
 
 
 def locate(spec: str, root: Path = Path(".")) -> Path:
@@ -130,6 +132,8 @@ def locate(spec: str, root: Path = Path(".")) -> Path:
 
 def load(spec: str | Path, root: Path = Path(".")) -> Run:
     path = locate(str(spec), root)
+    if path.suffix == ".jsonl":
+        return load_journal(path)
     try:
         document = results.load(path)
     except FileNotFoundError as err:
@@ -144,6 +148,17 @@ def load(spec: str | Path, root: Path = Path(".")) -> Run:
         if path.stat().st_size == 0:  # what a killed job or a full disk leaves
             raise RunError(f"{path}: an empty file, not a run") from None
         raise RunError(str(err) if str(path) in str(err) else f"{path}: not valid JSON ({err})") from None
+    return from_document(document, path)
+
+
+def load_journal(path: Path) -> Run:
+    """The journal of a run that never reached its session end (killed): the cases it finished."""
+    try:
+        records = results.read_journal([path])
+    except (OSError, UnicodeDecodeError) as err:
+        raise RunError(f"{path}: cannot read this journal ({err})") from None
+    document = {"schema": results.SIDECAR_SCHEMA, "compresslab_version": "journal", "benchmarks": records,
+                "incomplete": "the journal of a run that did not reach its end"}
     return from_document(document, path)
 
 
@@ -182,8 +197,10 @@ def from_document(document: Any, path: Path) -> Run:
         ids = [_string(commit, key, required=False) for key in ("commit", "id", "branch")]
     except _Malformed as err:
         raise RunError(f"{path}: commit_info: {err}") from None
+    incomplete = document.get("incomplete")
     return Run(path, "sidecar" if is_sidecar else "pytest-benchmark", records, commit=ids[0] or ids[1],
-               branch=ids[2], created=document.get("created") or document.get("datetime"))
+               branch=ids[2], created=document.get("created") or document.get("datetime"),
+               incomplete=incomplete if isinstance(incomplete, str) else None)
 
 
 def _benchmarks(document: Any, path: Path) -> list[Any]:
