@@ -13,7 +13,8 @@ import pytest
 # Module attributes, not names: on a cache.py without them each test fails on its own.
 from compresslab import cache
 
-HINT = "set --compresslab-cache-dir or COMPRESSLAB_CACHE_DIR to a writable directory"
+HINT = ("point COMPRESSLAB_CACHE_DIR, --compresslab-cache-dir (pytest) or --cache-dir (compresslab build) "
+        "at a writable directory")
 
 
 def run_child(script: str, *args: object) -> subprocess.Popen:

@@ -45,7 +45,8 @@ PAYLOAD = "payload"
 SCHEMA = 1
 LOCK_WAIT_LOG_S = 5.0
 NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-USABLE_HINT = "set --compresslab-cache-dir or COMPRESSLAB_CACHE_DIR to a writable directory"
+USABLE_HINT = ("point COMPRESSLAB_CACHE_DIR, --compresslab-cache-dir (pytest) or --cache-dir (compresslab build) "
+               "at a writable directory")
 
 
 def cache_key(inputs: dict[str, Any]) -> str:

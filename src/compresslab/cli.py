@@ -24,6 +24,13 @@ def _available(check) -> str:
     return "yes"
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _floors_path(given: str | None) -> Path | None:
     """An explicit --floors FILE must exist; without it, floors.toml here if there is one."""
     if given is None:
@@ -58,6 +65,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         status = _available(lambda m=method: m.check_supported(m.kinds[0], "cpu"))
         print(f"  {method_id:<{id_width}} family={method.family:<{family_width}} packages={packages:<{package_width}} "
               f"kinds={','.join(method.kinds):<21} devices={','.join(method.devices):<9} cpu-here={status}")
+    print_cases(registry, book)
     if book is None:
         print("floors: none (no floors.toml here; --floors FILE)")
     else:
@@ -69,6 +77,24 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def print_cases(registry, book) -> None:
+    """Each case of the full matrix with its tier (--compresslab-tier) and how long building it from
+    an empty cache took in the newest saved run here that built or measured it."""
+    from compresslab import matrix, runs
+
+    family_of = {name: m.family for name, m in registry.METHODS.items()}
+    measured = runs.last_build_times(Path(runs.RESULTS_DIR) / "runs")
+    print("cases (tier: smoke within default within full; build: the case's stages + its model's base stage, "
+          "from an empty cache, in the last run here that measured it):")
+    width = max(len(f"{m}-{c}") for m, chains in registry.FULL_MATRIX.items() for c in chains)
+    for model_id, chains in registry.FULL_MATRIX.items():
+        for chain in chains:
+            known_bad = bool(book and book.floor_for(model_id, chain, family_of).expected_failure)
+            build = measured.get((model_id, chain))
+            shown = f"{build[0]:7.1f}s + base {build[1]:6.1f}s  ({build[2]})" if build else "      -  (not measured here)"
+            print(f"  {f'{model_id}-{chain}':<{width}}  {matrix.tier_of(model_id, chain, known_bad):<7}  {shown}")
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from compresslab import cache, device, registry
     from compresslab.pipeline import Pipeline
@@ -78,7 +104,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     cache_dir = Path(args.cache_dir or default_cache_dir())
     cache.check_usable(cache_dir)  # a file or a read-only dir: one line now, not a traceback after the model work
     resolved = device.resolve(args.device)
-    device.pin_threads(args.threads or device.available_cpus())
+    device.pin_threads(device.available_cpus() if args.threads is None else args.threads)
     spec = registry.get_model(args.model)
     spec.source.check_available()
     pipeline = Pipeline(cache.ArtifactCache(cache_dir), registry.METHODS, rebuild=args.rebuild, tasks=registry.TASKS)
@@ -131,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("method", help="a method id or a chain such as bf16+int8-weight")
     build.add_argument("--cache-dir")
     build.add_argument("--device", default="auto")
-    build.add_argument("--threads", type=int)
+    build.add_argument("--threads", type=_positive_int, help="intra-op threads (default: all CPUs available)")
     build.add_argument("--rebuild", action="store_true")
     build.set_defaults(func=cmd_build)
     run_help = ("a saved run: a sidecar or pytest-benchmark JSON file, a pytest-benchmark run number (0003), "

@@ -162,6 +162,26 @@ def load_journal(path: Path) -> Run:
     return from_document(document, path)
 
 
+def last_build_times(runs_dir: Path) -> dict[tuple[str, str], tuple[float, float, str]]:
+    """{(model, method): (method seconds, base seconds, run)}: how long the case's own stages and
+    its model's base stage took to build in the newest saved run holding the case; unreadable
+    runs are passed over (this is a listing, not a gate)."""
+    found: dict[tuple[str, str], tuple[float, float, str]] = {}
+    for path in sorted(Path(runs_dir).glob("*.json"), reverse=True):  # time-stamped names: newest first
+        try:
+            run = load(path.absolute())
+        except RunError:
+            continue
+        for record in run.records.values():
+            stages = [stage for stage in record.extra.get("stages") or [] if isinstance(stage, dict)]
+            seconds = [stage.get("build_s") for stage in stages]
+            if stages and all(isinstance(s, (int, float)) for s in seconds):
+                base = sum(s for stage, s in zip(stages, seconds) if stage.get("name") == "base")
+                found.setdefault((record.model, record.method),
+                                 (float(sum(seconds) - base), float(base), path.stem.split("_")[0]))
+    return found
+
+
 def load_history(patterns: Iterable[str], root: Path = Path(".")) -> list[Run]:
     """Earlier runs for the run-to-run noise of timings: every file each glob (relative to ``root``)
     matches, e.g. ``.compresslab/runs/*.json``. A glob that matches nothing is bad input."""
