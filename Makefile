@@ -1,6 +1,8 @@
 # compresslab: `make test` (unit tests) and `make bench` (the default tier of the benchmark matrix).
 # Both create .venv and install the pinned stack and the embedded assets first.
 PYTHON ?= python3
+# bash: `test -nt` in make regress needs sub-second file times (dash compares whole seconds)
+SHELL := bash
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.compresslab-installed
@@ -18,6 +20,8 @@ BASE ?=
 MATRIX ?=
 FAIL ?= size:+1% latency:+10% speedup:-10% memory:+10% accuracy:-0.5pt macro_f1:-1pt hard_accuracy:-1pt hard_macro_f1:-1pt perplexity:+2% fewshot_accuracy:-2pt fewshot_macro_f1:-2pt
 REPORT_DIR ?= .compresslab/report
+# where the plugin writes the run (--compresslab-results-dir's default)
+RESULTS ?= .compresslab
 # The CPU gate of CI (.ci/run, ci.yml): the smoke slice against an earlier smoke run. Shared 2-core VMs
 # shift latency by up to 20% from one process to the next: a method's own slowdown is gated through
 # the same-run speedup (fp32 timed in blocks around each case), a whole-run slowdown (a lost thread, a
@@ -70,15 +74,15 @@ regress: $(STAMP)
 	@rm -f $(REPORT_DIR)/compare.txt $(REPORT_DIR)/summary.md
 	@touch $(REPORT_DIR)/.run-started
 	$(if $(MATRIX),COMPRESSLAB_MATRIX="$(MATRIX)") $(BIN)/python -m pytest benchmarks $(if $(MATRIX),,--compresslab-tier $(TIER)) \
-		--benchmark-autosave --benchmark-storage=.benchmarks --compresslab-baseline="$(BASE)" \
+		--benchmark-autosave --benchmark-storage=.benchmarks --compresslab-results-dir=$(RESULTS) --compresslab-baseline="$(BASE)" \
 		$(addprefix --compresslab-fail=,$(FAIL)) $(BENCH_ARGS); status=$$?; \
-	if [ ! .compresslab/latest.json -nt $(REPORT_DIR)/.run-started ]; then \
+	if [ ! $(RESULTS)/latest.json -nt $(REPORT_DIR)/.run-started ]; then \
 	  echo "make regress: this run recorded no case (pytest exit $$status): no comparison or report written" >&2; \
 	  exit $$status; fi; \
-	$(BIN)/compresslab compare "$(BASE)" .compresslab/latest.json $(addprefix --fail=,$(FAIL)) \
+	$(BIN)/compresslab compare "$(BASE)" $(RESULTS)/latest.json $(addprefix --fail=,$(FAIL)) \
 		> $(REPORT_DIR)/compare.txt; \
 	{ echo '## compresslab compare'; echo; echo '```'; cat $(REPORT_DIR)/compare.txt; echo '```'; echo; \
-	  $(BIN)/compresslab report --out $(REPORT_DIR) --format markdown; } > $(REPORT_DIR)/summary.md; \
+	  $(BIN)/compresslab report $(RESULTS)/latest.json --out $(REPORT_DIR) --format markdown; } > $(REPORT_DIR)/summary.md; \
 	echo "report: $(REPORT_DIR)/report.html, job summary: $(REPORT_DIR)/summary.md"; exit $$status
 
 regress-smoke:

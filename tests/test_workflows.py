@@ -1,5 +1,6 @@
 """The CI workflows pass actionlint (installed from requirements/cpu.txt into the venv)."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -32,3 +33,58 @@ def test_workflows_call_the_repo_targets():
     assert "runs-on: [self-hosted, gpu]" in gpu and "make regress BASE=" in gpu
     assert "compresslab-baseline-${{ github.sha }}" in gpu and "GITHUB_STEP_SUMMARY" in gpu
     assert "make regress-smoke BASE=" in (REPO / ".ci" / "run").read_text()
+
+
+FAKE_PYTHON = """#!/bin/sh
+# stands in for `python -m pytest benchmarks ...`: records nothing (no case selected), or a run
+echo "$@" >> "{log}"
+if [ -n "$WRITE_RUN" ]; then echo '{{"benchmarks": []}}' > "$WRITE_RUN"; exit 0; fi
+exit 5
+"""
+FAKE_COMPRESSLAB = """#!/bin/sh
+echo "compresslab $@" >> "{log}"
+echo "compared"
+"""
+
+
+@pytest.fixture
+def fake_make(tmp_path):
+    """`make regress` with stand-ins for the venv's python and compresslab (no benchmark runs)."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    for name, text in (("python", FAKE_PYTHON), ("compresslab", FAKE_COMPRESSLAB)):
+        (bin_dir / name).write_text(text.format(log=log))
+        (bin_dir / name).chmod(0o755)
+    stamp = tmp_path / "installed"
+    stamp.touch()
+    results, report = tmp_path / "results", tmp_path / "report"
+    results.mkdir()
+
+    def make(**env):
+        return subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "regress", "BASE=base.json",
+                               f"BIN={bin_dir}", f"STAMP={stamp}", f"RESULTS={results}", f"REPORT_DIR={report}"],
+                              capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+    return make, results, report, log
+
+
+def test_regress_writes_no_report_from_an_older_run_when_this_one_recorded_nothing(fake_make):
+    make, results, report, log = fake_make
+    (results / "latest.json").write_text('{"benchmarks": []}')  # an older run's
+    report.mkdir()
+    (report / "summary.md").write_text("no regressions (stale)")
+    done = make()
+    # make exits 2 whenever a recipe fails and names the recipe's own status: pytest's 5 (nothing ran)
+    assert done.returncode == 2 and "Error 5" in done.stderr, done.stdout + done.stderr
+    assert "this run recorded no case (pytest exit 5): no comparison or report written" in done.stderr
+    assert not (report / "summary.md").exists() and not (report / "compare.txt").exists()
+    assert "compresslab compare" not in log.read_text() and "compresslab report" not in log.read_text()
+
+
+def test_regress_reports_the_run_it_just_recorded(fake_make):
+    make, results, report, log = fake_make
+    done = make(WRITE_RUN=str(results / "latest.json"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "compared" in (report / "compare.txt").read_text()
+    calls = log.read_text()
+    assert f"compresslab compare base.json {results}/latest.json" in calls
+    assert f"compresslab report {results}/latest.json" in calls
