@@ -328,7 +328,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             outside.append(item)
     if outside:
         config.hook.pytest_deselected(items=outside)
-        items[:] = [item for item in items if item not in set(outside)]
+        deselected = set(outside)
+        items[:] = [item for item in items if item not in deselected]
     config._compresslab_tier_counts = (run_tier, len(cases) - len(outside), len(cases))
 
 
