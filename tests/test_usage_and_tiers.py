@@ -115,12 +115,19 @@ def test_the_repository_tiers_nest_and_smoke_is_in_every_tier():
             assert all(chain in chains_of for chains_of in registry.FULL_MATRIX.values()), chain
 
 
-def test_a_corrupt_entry_warning_reaches_the_terminal_without_log_options(pytester):
+def test_build_progress_and_a_corrupt_entry_warning_reach_the_terminal_without_log_options(pytester):
     pytester.makeconftest(CONFTEST.format(tests=str(Path(__file__).parent)))
     pytester.makepyfile(test_bench=BENCH)
     common = ("-p", "no:cacheprovider", "-k", "clf and fp32", "--compresslab-memory", "off",
               "--compresslab-rounds", "2", "--compresslab-warmup", "0", "--benchmark-disable")
-    pytester.runpytest_subprocess(*common).assert_outcomes(passed=1)
+    first = pytester.runpytest_subprocess(*common)
+    first.assert_outcomes(passed=1)
+    # a build and an evaluation each say when they start and end; the cached rerun below says nothing of them
+    progress = [line for line in first.stderr.str().splitlines() if line.startswith("compresslab: ")]
+    assert progress[0] == "compresslab: building the baseline of tiny-clf ..."
+    assert any(line.startswith("compresslab: built the baseline of tiny-clf in ") for line in progress)
+    assert "compresslab: evaluating tiny-clf-fp32 on synthetic-sentiment ..." in progress
+    assert "evaluating" not in pytester.runpytest_subprocess(*common).stderr.str()
     cache = Path(os.environ["COMPRESSLAB_CACHE_DIR"])
     base_key = json.loads((pytester.path / ".compresslab" / "latest.json").read_text()
                           )["benchmarks"][0]["extra_info"]["stages"][0]["key"]

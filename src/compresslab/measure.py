@@ -22,7 +22,7 @@ from compresslab.code_digest import module_digest, object_digest
 from compresslab.floors import recovery
 from compresslab.models.runner import TorchRunner, count_params, load_runner
 from compresslab.models.spec import ModelSpec
-from compresslab.pipeline import BuiltArtifact, Pipeline, library_versions
+from compresslab.pipeline import BuiltArtifact, Pipeline, library_versions, progress
 from compresslab.tasks.base import Task
 from compresslab.trackers import fidelity, size, sparsity
 
@@ -90,7 +90,7 @@ def evaluation_key(artifact_key: str, tasks: list[Task], device: str, threads: i
 
 
 def cached_evaluation(cache: ArtifactCache, artifact_key: str, runner: TorchRunner, tasks: list[Task],
-                      device: str, threads: int, reeval: bool) -> Evaluation:
+                      device: str, threads: int, reeval: bool, label: str = "") -> Evaluation:
     """Evaluate once per (artifact, data, libraries, device, threads); later runs read the result.
 
     Inference on fixed bytes, data and library versions is deterministic, so a later run reuses
@@ -98,7 +98,10 @@ def cached_evaluation(cache: ArtifactCache, artifact_key: str, runner: TorchRunn
     fresh: dict[str, Any] = {}
 
     def evaluate(out: Path) -> None:
+        progress.info("evaluating %s on %s ...", label or artifact_key, ", ".join(task.id for task in tasks))
+        started = time.perf_counter()
         metrics, reference, details = evaluate_tasks(runner, tasks)
+        progress.info("evaluated in %.1fs", time.perf_counter() - started)
         measured_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         fresh.update(metrics=metrics, reference=reference, details=details, measured_at=measured_at)
         (out / EVAL_RESULTS).write_text(json.dumps({"metrics": metrics, "details": details,
@@ -173,7 +176,7 @@ class CaseRunner:
         artifact = self.pipeline.build(spec, chain_id, self.device)
         runner = load_runner(artifact.path, artifact.base.payload, spec.kind, self.device)
         evaluation = cached_evaluation(self.pipeline.cache, artifact.entry.key, runner, self.model_tasks(spec),
-                                       self.device, self.threads, self.reeval)
+                                       self.device, self.threads, self.reeval, label=f"{spec.id}-{chain_id}")
         measurement = Measurement(spec.id, chain_id, artifact, runner, evaluation.metrics,
                                   evaluation.reference_logits)
         measurement.info.update(self._static_info(spec, artifact, runner, evaluation.details))

@@ -22,6 +22,17 @@ from compresslab.methods.base import Method, StageContext
 from compresslab.models.spec import RECORDS_DIR, ModelSpec
 
 log = logging.getLogger(__name__)
+# one line as each build starts and ends: the plugin and the CLI show it, so a minutes-long build
+# (a fine-tune has its own bar; an export or a calibration has none) is seen to be alive
+progress = logging.getLogger("compresslab.progress")
+
+
+def announced(what: str, build):
+    """``build`` with a progress line before it; called only when the cache really builds."""
+    def run(out):
+        progress.info("building %s ...", what)
+        build(out)
+    return run
 
 CHAIN_SEPARATOR = "+"
 # What shapes every checkpoint; a method adds its own requires_packages to its stage key.
@@ -112,9 +123,9 @@ class Pipeline:
         }
         key = cache_key(inputs)
         started = time.perf_counter()
-        entry, built_now = self._get(key, spec.source.build, inputs)
+        entry, built_now = self._get(key, announced(f"the baseline of {spec.id}", spec.source.build), inputs)
         if built_now:
-            log.info("built baseline of %s in %.1fs", spec.id, time.perf_counter() - started)
+            progress.info("built the baseline of %s in %.1fs", spec.id, time.perf_counter() - started)
         return entry, StageRecord("base", key, built_now, entry.build_s)
 
     def build(self, spec: ModelSpec, chain_id: str, device: str) -> BuiltArtifact:
@@ -148,7 +159,8 @@ class Pipeline:
             "libraries": library_versions(CORE_LIBRARIES),
         }
         key = cache_key(inputs)
-        entry, built_now = self._get(key, lambda out: method.apply(source.payload, out, ctx), inputs)
+        entry, built_now = self._get(key, announced(f"stage {name} of {ctx.model_id}",
+                                                    lambda out: method.apply(source.payload, out, ctx)), inputs)
         if built_now:
-            log.info("built stage %s of %s in %.1fs", name, ctx.model_id, entry.build_s)
+            progress.info("built stage %s of %s in %.1fs", name, ctx.model_id, entry.build_s)
         return entry, StageRecord(name, key, built_now, entry.build_s, stage_records(entry.payload))

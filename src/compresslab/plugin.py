@@ -122,8 +122,8 @@ class LiveWarnings(logging.Handler):
     """compresslab's warnings (a corrupt cache entry moved aside, a slow lock) on the terminal as
     they happen, not only under --log-cli-level: they explain a rebuild the user is waiting for."""
 
-    def __init__(self) -> None:
-        super().__init__(level=logging.WARNING)
+    def __init__(self, level: int = logging.WARNING) -> None:
+        super().__init__(level=level)
         self.setFormatter(logging.Formatter("compresslab: %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -134,11 +134,17 @@ class LiveWarnings(logging.Handler):
 
 
 def show_warnings_live(config: pytest.Config) -> None:
+    """Warnings, and the progress lines of builds and evaluations (one as each starts and ends)."""
     if config.getoption("log_cli_level", None) or config.getini("log_cli"):
         return  # pytest's live log already shows them
-    handler = LiveWarnings()
-    logging.getLogger("compresslab").addHandler(handler)
-    config.add_cleanup(lambda: logging.getLogger("compresslab").removeHandler(handler))
+    for name, level in (("compresslab", logging.WARNING), ("compresslab.progress", logging.INFO)):
+        logger, handler = logging.getLogger(name), LiveWarnings(level)
+        logger.addHandler(handler)
+        config.add_cleanup(lambda logger=logger, handler=handler: logger.removeHandler(handler))
+    progress = logging.getLogger("compresslab.progress")
+    progress.setLevel(logging.INFO)
+    progress.propagate = False  # its lines are shown here once, not again by the warnings handler
+    config.add_cleanup(lambda: (progress.setLevel(logging.NOTSET), setattr(progress, "propagate", True)))
 
 
 @dataclass(frozen=True)
