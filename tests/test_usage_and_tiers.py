@@ -140,3 +140,15 @@ def test_build_progress_and_a_corrupt_entry_warning_reach_the_terminal_without_l
     again.assert_outcomes(passed=1)
     warning = [line for line in again.stderr.str().splitlines() if base_key in line]
     assert warning and warning[0].startswith("compresslab: ") and "rebuilding" in warning[0]
+
+
+def test_a_missing_asset_package_names_the_command_that_installs_it():
+    from compresslab import assets
+
+    with pytest.raises(assets.AssetUnavailable) as raised:
+        assets.locate_with_hash(assets.AssetFile("compresslab-no-such-asset", "data/x.bin"))
+    message = str(raised.value)
+    assert "'compresslab-no-such-asset' is not installed" in message
+    # `make test` / `make setup` skip an existing venv: the message gives the command that reinstalls
+    assert "python -m pip install --no-deps --require-hashes -r requirements/assets.txt" in message
+    assert "run `make test`" not in message
