@@ -231,3 +231,17 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as done:
         cli.main(["--version"])
     assert done.value.code == 0 and capsys.readouterr().out == f"compresslab {__version__}\n"
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["build", "minilm-sentiment", "fp32", "--threads", "0"], "argument --threads: must be >= 1, got 0"),
+    (["compare"], "the following arguments are required: base, head"),
+    (["frob"], "invalid choice: 'frob'"),
+    (["compare", "a.json", "b.json", "--alpha", "abc"], "argument --alpha: invalid float value: 'abc'"),
+])
+def test_bad_arguments_are_one_line_and_exit_2(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    assert exited.value.code == cli.EXIT_BAD_INPUT
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0] and "--help" in lines[0], lines

@@ -143,8 +143,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_REGRESSION if result.regressions else EXIT_OK
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad arguments are one line and exit 2, like every other bad input (argparse would print the
+    whole usage first); --help still shows the usage."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="compresslab", description=__doc__,
+    parser = OneLineParser(prog="compresslab", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"compresslab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
