@@ -38,7 +38,8 @@ def test_workflows_call_the_repo_targets():
 FAKE_PYTHON = """#!/bin/sh
 # stands in for `python -m pytest benchmarks ...`: records nothing (no case selected), or a run
 echo "$@" >> "{log}"
-if [ -n "$WRITE_RUN" ]; then echo '{{"benchmarks": []}}' > "$WRITE_RUN"; exit 0; fi
+# a real run takes seconds: written within one tick of the clock, the run would look no newer
+if [ -n "$WRITE_RUN" ]; then sleep 0.1; echo '{{"benchmarks": []}}' > "$WRITE_RUN"; exit 0; fi
 exit 5
 """
 FAKE_COMPRESSLAB = """#!/bin/sh
