@@ -9,27 +9,104 @@ from compresslab.cache import ArtifactCache
 from compresslab.matrix import parse_matrix
 from compresslab.methods.base import MethodUnsupported
 from compresslab.methods.dtype import DtypeCast
+from compresslab.methods.gptq import GPTQ
+from compresslab.methods.oneshot_sparsity import OneShotSparsity
+from compresslab.methods.pruning import MagnitudePrune
+from compresslab.methods.structured import StructuredPrune
 from compresslab.methods.torchao_quant import TorchaoQuant
 from compresslab.models.spec import ModelSpec
 from compresslab.pipeline import Pipeline, parse_chain
 from tiny import TinySource
 
 
-def test_registry_is_consistent():
+def check_registry() -> None:
+    """Every name the registry's matrices and tiers use is bound, and every row can run on its model."""
     for model_id, spec in registry.MODELS.items():
         assert spec.id == model_id
         assert all(task in registry.TASKS for task in spec.tasks)
+    assert set(registry.FULL_MATRIX) == set(registry.MODELS), "the full matrix is every registered model"
+    for model_id, chains in registry.SMOKE_MATRIX.items():
+        assert model_id in registry.MODELS, f"smoke-tier model {model_id!r} is not registered"
+        assert set(chains) <= set(registry.FULL_MATRIX[model_id]), model_id
+    kinds = {spec.kind for spec in registry.MODELS.values()}
+    assert set(registry.DEFAULT_TIER) <= kinds, f"default tier for unknown kinds {set(registry.DEFAULT_TIER) - kinds}"
+    for kind, chains in registry.DEFAULT_TIER.items():
+        for chain in chains:
+            for method_id in parse_chain(chain, registry.METHODS):
+                method = registry.METHODS[method_id]
+                assert kind in method.kinds and "cpu" in method.devices, f"{chain}: {method_id} cannot run on a {kind}"
     for chains in registry.FULL_MATRIX.values():
         for chain in chains:
             parse_chain(chain, registry.METHODS)
     assert registry.METHODS[registry.BASELINE_METHOD].identity
 
 
-def test_unknown_ids_list_the_valid_ones():
-    with pytest.raises(KeyError, match="unknown model 'gpt2'; valid: bert-base-emotion, minilm-sentiment"):
-        registry.get_model("gpt2")
-    with pytest.raises(KeyError, match="unknown method 'int3'; valid: awq-w4g128, awq-w4g64, bf16"):
-        registry.get_method("int3")
+def test_registry_is_consistent():
+    check_registry()
+
+
+@pytest.mark.parametrize("table, key, value, error", [
+    ("SMOKE_MATRIX", "gpt2", ("fp32",), "smoke-tier model 'gpt2' is not registered"),
+    ("DEFAULT_TIER", "classifier", ("fp32", "int3"), "unknown method 'int3'"),
+    ("DEFAULT_TIER", "classifier", ("fp32", "gptq-w4g128"), "gptq-w4g128 cannot run on a classifier"),
+    ("DEFAULT_TIER", "encoder-decoder", ("fp32",), "default tier for unknown kinds"),
+    ("FULL_MATRIX", "gpt2", ("fp32",), "the full matrix is every registered model"),
+])
+def test_a_broken_registry_fails_the_consistency_check(monkeypatch, table, key, value, error):
+    monkeypatch.setitem(getattr(registry, table), key, value)
+    with pytest.raises((AssertionError, KeyError), match=re.escape(error)):
+        check_registry()
+
+
+def mislabelled(methods) -> list[str]:
+    """Ids that say something their config does not (prune-l1-50: 50% per layer; gptq-w4g128: 4 bits,
+    groups of 128): a config edited under an unchanged id would mislabel every report row."""
+    wrong = []
+    for method_id, method in methods.items():
+        fraction = getattr(method, "sparsity", getattr(method, "fraction", None))
+        percent = re.search(r"-(\d+)$", method_id)
+        if fraction is not None and percent and fraction != int(percent[1]) / 100:
+            wrong.append(f"{method_id}: {fraction}")
+        pattern = getattr(method, "pattern", getattr(method, "mask_structure", None))
+        if pattern is not None and ("2of4" in method_id) != (pattern == "2:4"):
+            wrong.append(f"{method_id}: pattern {pattern}")
+        scope = "layer" if "-l1-" in method_id else "global" if re.search("-(global|iter)-", method_id) else None
+        if scope and method.scope != scope:
+            wrong.append(f"{method_id}: scope {method.scope}")
+        if hasattr(method, "rounds") and ("-iter-" in method_id) != (method.rounds > 1):
+            wrong.append(f"{method_id}: {method.rounds} rounds")
+        if hasattr(method, "algorithm") and not method_id.startswith(method.algorithm):
+            wrong.append(f"{method_id}: algorithm {method.algorithm}")
+        if hasattr(method, "scheme") and method.scheme != method_id:
+            wrong.append(f"{method_id}: scheme {method.scheme}")
+        width = re.search(r"w(\d+)g(\d+)", method_id)
+        if width and (method.bits, method.group_size) != (int(width[1]), int(width[2])):
+            wrong.append(f"{method_id}: {method.bits} bits, groups of {method.group_size}")
+    return wrong
+
+
+def test_method_ids_say_what_their_configs_do():
+    assert not mislabelled(registry.METHODS)
+
+
+@pytest.mark.parametrize("method_id, config", [
+    ("prune-l1-50", MagnitudePrune(sparsity=0.3)), ("prune-global-50", MagnitudePrune(sparsity=0.5)),
+    ("sparsegpt-2of4", OneShotSparsity(algorithm="sparsegpt")), ("wanda-50", OneShotSparsity(algorithm="sparsegpt")),
+    ("gptq-w4g128", GPTQ(bits=8, group_size=128)), ("int8-weight", TorchaoQuant(scheme="int8-dynamic")),
+    ("prune-struct-30", StructuredPrune(fraction=0.5)),
+])
+def test_a_mislabelled_method_is_found(method_id, config):
+    found = mislabelled({**registry.METHODS, method_id: config})
+    assert found and all(line.startswith(f"{method_id}: ") for line in found), found
+
+
+def test_unknown_ids_list_the_valid_ones_sorted(monkeypatch):
+    monkeypatch.setitem(registry.MODELS, "a-late-addition", registry.MODELS["minilm-sentiment"])
+    for kind, lookup, table in [("model", registry.get_model, registry.MODELS),
+                                ("method", registry.get_method, registry.METHODS)]:
+        with pytest.raises(KeyError) as raised:
+            lookup("gpt2")
+        assert raised.value.args[0] == f"unknown {kind} 'gpt2'; valid: {', '.join(sorted(table))}"
 
 
 @pytest.mark.parametrize("chain, expected", [
@@ -103,6 +180,10 @@ def test_rebuild_rebuilds_each_key_once(tmp_path):
 EDITED_METHOD = """from dataclasses import dataclass
 
 from compresslab.methods.dtype import DtypeCast
+from compresslab.methods.gptq import GPTQ
+from compresslab.methods.oneshot_sparsity import OneShotSparsity
+from compresslab.methods.pruning import MagnitudePrune
+from compresslab.methods.structured import StructuredPrune
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,31 @@ def test_memory_peak_sees_a_transient_allocation():
     assert stats.cuda_peak_bytes is None
 
 
+# A child reads its high-water mark with the probe under test and with ru_maxrss, before and after
+# writing a 100 MiB block of its own.
+PEAK_CHILD = """import resource
+from compresslab.trackers.memory import own_peak_rss
+
+
+def ru_maxrss():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+before = own_peak_rss(), ru_maxrss()
+block = bytearray(b"x") * (100 * 2**20)
+after = own_peak_rss(), ru_maxrss()
+print(*before, *after)
+"""
+
+
+def assert_own_peak(before: int, after: int) -> None:
+    """A probe in a child of a process of 600+ MiB: it sees the child's own 100 MiB block and
+    stays below the parent's size (the child imports torch: about 220 MiB)."""
+    grown = (after - before) / 2**20
+    assert grown >= 95, f"the child's 100 MiB block moved the peak by {grown:.0f} MiB"
+    assert after < 500 * 2**20, f"peak {after / 2**20:.0f} MiB: the forking parent's, not the child's"
+
+
 @pytest.mark.skipif(memory.own_peak_rss() is None, reason="no /proc/self/status VmHWM on this platform")
 def test_probe_high_water_mark_is_its_own_not_the_forking_parents():
     """A child started from a big process reports its own peak, as a memory probe must."""
@@ -53,13 +78,16 @@ def test_probe_high_water_mark_is_its_own_not_the_forking_parents():
     import sys
 
     held = np.ones(600 * 2**20 // 8)  # 600 MiB resident in this (parent) process
-    code = ("import resource; from compresslab.trackers.memory import own_peak_rss; "
-            "print(own_peak_rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    own, inherited = map(int, done.stdout.split())
-    # the child imports torch (about 220 MiB); ru_maxrss reported the parent's 600+ MiB here
-    assert own < 400 * 2**20, (own, inherited)
-    assert held.sum() > 0  # keep the block alive (and resident) until the child has run
+    done = subprocess.run([sys.executable, "-c", PEAK_CHILD], capture_output=True, text=True, check=True)
+    del held  # resident until the child has run
+    own_before, inherited_before, own_after, inherited_after = map(int, done.stdout.split())
+    assert_own_peak(own_before, own_after)
+    # the set-up is one where the naive reading is wrong: ru_maxrss carried the parent's peak
+    assert inherited_before >= 600 * 2**20, inherited_before
+    with pytest.raises(AssertionError, match="moved the peak by 0 MiB"):
+        assert_own_peak(inherited_before, inherited_after)
+    with pytest.raises(AssertionError, match="moved the peak by 0 MiB"):  # a probe returning a constant
+        assert_own_peak(200 * 2**20, 200 * 2**20)
 
 
 def test_fidelity_identical_and_different():
