@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from compresslab import floors, registry
+from compresslab import floors, pipeline, registry
 from compresslab.floors import Floor, FloorsError
 
 FAMILIES = {name: m.family for name, m in registry.METHODS.items()}
@@ -183,3 +183,14 @@ def test_every_compressing_default_row_has_a_size_ceiling():
             if chain != registry.BASELINE_METHOD:
                 floor = book.floor_for(model_id, chain, FAMILIES)
                 assert floor.max_size_ratio or floor.max_size_mb, f"{model_id}-{chain} has no size ceiling"
+
+
+def test_a_chain_is_split_by_the_pipeline_parser(tmp_path, monkeypatch):
+    book = load_text(tmp_path, "[family.dtype]\nmin_recovery = { accuracy = 0.995 }\n"
+                               "[family.int8]\nmin_recovery = { accuracy = 0.98 }\n")
+    with pytest.raises(ValueError, match="malformed method chain 'bf16[+][+]int8-weight'"):
+        book.floor_for("smollm2-135m", "bf16++int8-weight", FAMILIES)
+    with pytest.raises(KeyError, match="unknown method 'int9' in chain 'bf16[+]int9'"):
+        book.floor_for("smollm2-135m", "bf16+int9", FAMILIES)
+    monkeypatch.setattr(pipeline, "CHAIN_SEPARATOR", "&")  # one parser: floors follow its separator
+    assert book.floor_for("smollm2-135m", "bf16&int8-weight", FAMILIES).min_recovery == {"accuracy": 0.98}

@@ -216,7 +216,7 @@ class FloorBook:
 
     def floor_for(self, model_id: str, chain_id: str, family_of: Mapping[str, str]) -> Floor:
         floor = None
-        for stage in chain_id.split("+"):
+        for stage in parse_chain(chain_id, family_of):
             stage_floor = self.families.get(family_of[stage], Floor()).overridden_by(self.methods.get(stage, Floor()))
             floor = stage_floor if floor is None else floor.then(stage_floor)
         floor = (floor or Floor()).overridden_by(self.models.get(model_id, Floor()))
@@ -316,7 +316,7 @@ def parse(data: dict[str, Any], source: str, model_ids: Iterable[str], methods: 
             raise FloorsError(f"{source}: [override.{model_id}] must hold one table per method id")
         for chain_id, table in per_method.items():
             try:
-                parse_chain(chain_id, dict(methods))
+                parse_chain(chain_id, methods)
             except (KeyError, ValueError) as err:
                 raise FloorsError(f"{source}: [override.{model_id}.\"{chain_id}\"] {err.args[0]}") from None
             overrides[(model_id, chain_id)] = _rule(table, f"override.{model_id}.{chain_id}", source,

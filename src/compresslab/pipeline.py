@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,8 +40,9 @@ CHAIN_SEPARATOR = "+"
 CORE_LIBRARIES = ("torch", "transformers", "safetensors")
 
 
-def parse_chain(chain_id: str, methods: dict[str, Method]) -> tuple[str, ...]:
-    """Split ``a+b+c`` into method ids, rejecting empty or unknown parts with the valid ids."""
+def parse_chain(chain_id: str, methods: Collection[str]) -> tuple[str, ...]:
+    """Split ``a+b+c`` into method ids, rejecting empty or unknown parts with the valid ids.
+    ``methods``: the valid ids (or a mapping keyed by them). Every reader of a chain splits it here."""
     parts = tuple(part.strip() for part in chain_id.split(CHAIN_SEPARATOR))
     if not chain_id or any(not part for part in parts):
         raise ValueError(f"malformed method chain {chain_id!r}: expected ids joined by '{CHAIN_SEPARATOR}'")
