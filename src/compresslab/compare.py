@@ -2,7 +2,9 @@
 
 A rule ``FIELD:<sign><N><unit>`` names a field (size, latency, speedup, memory or a task metric),
 the direction that is bad (``+``: an increase, ``-``: a decrease) and how much of it is tolerated:
-``%`` relative to the base value, ``pt`` absolute points of a 0..1 metric (0.5pt = 0.005).
+``%`` relative to the base value, ``pt`` absolute points of a 0..1 metric (0.5pt = 0.005). A task
+metric's rule names the change that makes it worse (``accuracy:-``, ``perplexity:+``): its direction
+and whether it is a 0..1 fraction come from the metric table (compresslab.tasks.metrics).
 
 Latency is noisy, so a latency (or speedup) rule fails only when the medians moved past the
 threshold *and* the stored rounds say the shift is not noise: a one-sided Mann-Whitney U test
@@ -24,8 +26,9 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from compresslab.report import BASELINE_ROW, METRIC_LABELS
+from compresslab.report import BASELINE_ROW
 from compresslab.runs import Record, Run, RunError
+from compresslab.tasks.metrics import METRICS, label, lookup
 
 ALPHA = 0.05
 # fields every record may have (beside its task metrics), with their column titles
@@ -69,7 +72,7 @@ class Rule:
 
 def valid_fields(*runs: Run) -> list[str]:
     metrics = {name for run in runs for r in run.records.values() for name in r.metrics}
-    return [*GENERIC_FIELDS, *sorted(metrics | set(METRIC_LABELS))]
+    return [*GENERIC_FIELDS, *sorted(metrics | set(METRICS))]
 
 
 def parse_rules(texts: Iterable[str], fields: Iterable[str]) -> list[Rule]:
@@ -86,9 +89,26 @@ def parse_rules(texts: Iterable[str], fields: Iterable[str]) -> list[Rule]:
         if unit == "pt" and name in GENERIC_FIELDS:
             raise RuleError(f"rule {text!r}: points (pt) are for 0..1 task metrics; use % for {name}")
         _check_not_repeated(name, text, rules)
-        amount = float(match["amount"]) / 100
-        rules.append(Rule(name, 1 if match["sign"] == "+" else -1, amount, unit, text))
+        sign = 1 if match["sign"] == "+" else -1
+        if name not in GENERIC_FIELDS:
+            _check_metric_rule(name, sign, unit, text)
+        rules.append(Rule(name, sign, float(match["amount"]) / 100, unit, text))
     return rules
+
+
+def _check_metric_rule(name: str, sign: int, unit: str, text: str) -> None:
+    """A task metric's rule in a unit its values have, on the side that is worse for it: a rule on
+    the improving side flags improvements and never fires on the regression it was written for."""
+    try:
+        metric = lookup(name)
+    except KeyError as err:  # a metric of a saved run that the table does not know: no direction
+        raise RuleError(f"rule {text!r}: {err.args[0]}") from None
+    if unit == "pt" and not metric.fraction:
+        raise RuleError(f"rule {text!r}: points (pt) are for 0..1 task metrics; use % for {name}")
+    if sign == metric.direction:
+        worse = "+" if metric.direction < 0 else "-"
+        raise RuleError(f"rule {text!r} fails on an improvement: {'higher' if metric.higher_is_better else 'lower'} "
+                        f"{name} is better; write {name}:{worse}{text.partition(':')[2][1:]}")
 
 
 def _check_not_repeated(name: str, text: str, rules: list[Rule]) -> None:
@@ -211,8 +231,9 @@ class Delta:
 
     @property
     def points(self) -> bool:
-        """Shown as absolute points: a 0..1 task metric."""
-        return self.field not in GENERIC_FIELDS and all(v is not None and 0 <= v <= 1 for v in (self.base, self.head))
+        """Shown as absolute points: a 0..1 task metric (one the table does not know: relative)."""
+        known = METRICS.get(self.field)
+        return known is not None and known.fraction
 
     def change_text(self) -> str:
         if not self.usable:
@@ -466,7 +487,7 @@ def render(comparison: Comparison, list_regressions: bool = True) -> str:
     for model in sorted({row.model for row in comparison.rows}):
         rows = [row for row in comparison.rows if row.model == model]
         fields = list(dict.fromkeys(f for row in rows for f in row.deltas))
-        header = ("method", "outcome", *(GENERIC_FIELDS.get(f, METRIC_LABELS.get(f, f)) for f in fields), "verdict")
+        header = ("method", "outcome", *(GENERIC_FIELDS.get(f, label(f)) for f in fields), "verdict")
         body = [(row.method, _outcome(row), *(_cell(row.deltas.get(f)) for f in fields),
                  "REGRESSION" if row.regressions else "") for row in rows]
         lines += [model, *("  " + line for line in format_table(header, body)), ""]

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from compresslab.pipeline import parse_chain
-from compresslab.tasks.metrics import DIRECTIONS, VALUE_RANGES, direction
+from compresslab.tasks.metrics import METRICS, lookup
 
 BOUND_KEYS = ("min_recovery", "max_increase", "min", "max")
 RULE_KEYS = (*BOUND_KEYS, "max_size_mb", "max_size_ratio")
@@ -132,7 +132,7 @@ def recovery(metric: str, value: float, baseline: float) -> float:
     """1.0 = as good as the baseline; below 1.0 = worse, whatever the metric's direction."""
     if baseline == 0 or value == 0:
         return math.nan
-    return value / baseline if direction(metric) > 0 else baseline / value
+    return value / baseline if lookup(metric).higher_is_better else baseline / value
 
 
 def check(floor: Floor, metrics: Mapping[str, float], baseline: Mapping[str, float],
@@ -197,9 +197,9 @@ def check_reference(floor: Floor, metrics: Mapping[str, float]) -> list[Violatio
     """A known failure may not get worse than its recorded reference values (beyond the tolerance)."""
     out = []
     for metric, value in floor.reference.items():
-        measured = metrics.get(metric, math.nan)
-        limit = value * (1 - direction(metric) * floor.reference_tolerance)
-        worse = not (measured >= limit if direction(metric) > 0 else measured <= limit)
+        measured, direction = metrics.get(metric, math.nan), lookup(metric).direction
+        limit = value * (1 - direction * floor.reference_tolerance)
+        worse = not (measured >= limit if direction > 0 else measured <= limit)
         if worse:
             out.append(Violation(f"reference.{metric}", (
                 f"{metric} {measured:.4g} is worse than its reference {value:.4g} by more than "
@@ -246,7 +246,7 @@ def _rule(table: Any, where: str, source: str, keys: tuple[str, ...] = RULE_KEYS
                               "(a fraction of the baseline the metric may grow by)")
     for key in ("min", "max"):
         for metric, value in bounds[key].items():
-            low, high = VALUE_RANGES[metric]
+            low, high = lookup(metric).value_range
             if not low <= value <= high:
                 raise FloorsError(f"{source}: [{where}] {key}.{metric} = {value} is outside the values "
                                   f"{metric} can take [{low:g}, {high:g}]")
@@ -277,8 +277,8 @@ def _metric_bounds(table: Any, where: str, source: str) -> dict[str, float]:
         raise FloorsError(f"{source}: {where} must be an inline table of metric = number")
     out = {}
     for metric, value in table.items():
-        if metric not in DIRECTIONS:
-            raise FloorsError(f"{source}: {where} names unknown metric {metric!r}; valid: {', '.join(sorted(DIRECTIONS))}")
+        if metric not in METRICS:
+            raise FloorsError(f"{source}: {where} names unknown metric {metric!r}; valid: {', '.join(sorted(METRICS))}")
         if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
             raise FloorsError(f"{source}: {where}.{metric} must be a finite number, got {value!r}")
         out[metric] = float(value)

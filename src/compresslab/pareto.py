@@ -6,11 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-LOWER_IS_BETTER = {"perplexity"}
-METRIC_TITLES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "micro_f1": "micro-F1",
-                 "hard_accuracy": "accuracy, hard split", "hard_macro_f1": "macro-F1, hard split",
-                 "perplexity": "perplexity (lower is better)", "fewshot_accuracy": "few-shot accuracy",
-                 "fewshot_macro_f1": "few-shot macro-F1"}
+from compresslab.tasks.metrics import Metric, lookup
+
 MAX_PANELS = 2
 
 
@@ -54,7 +51,8 @@ def _marker_area(size_mb: float, largest_mb: float) -> float:
 
 
 def plot_model(model: str, records: list[dict[str, Any]], out: Path) -> Path | None:
-    """One PNG per model, one panel per task metric (at most two); None when nothing was timed."""
+    """One PNG per model, one panel per task metric (at most two); None when nothing was timed.
+    A metric the metric table does not know is a KeyError: it would be ranked on a guessed direction."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,12 +61,12 @@ def plot_model(model: str, records: list[dict[str, Any]], out: Path) -> Path | N
     cases = plottable(records)
     if not cases:
         return None
-    metrics = panel_metrics(cases)
+    metrics = [lookup(name) for name in panel_metrics(cases)]  # before a figure opens
     fig, axes = plt.subplots(1, len(metrics), figsize=(7.5 * len(metrics), 7.0), squeeze=False)
     largest = max(r["extra_info"]["size_bytes"] for r in cases) / 1e6
     shape = cases[0]["extra_info"].get("latency_input_shape")
     for ax, metric in zip(axes[0], metrics):
-        _panel(ax, [r for r in cases if metric in r["extra_info"]["metrics"]], metric, largest, shape)
+        _panel(ax, [r for r in cases if metric.name in r["extra_info"]["metrics"]], metric, largest, shape)
     fig.suptitle(f"{model}: task metric vs latency (marker area = size on disk)", fontsize=13)
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
     _legend(fig, axes[0][0], largest)
@@ -78,12 +76,12 @@ def plot_model(model: str, records: list[dict[str, Any]], out: Path) -> Path | N
     return out
 
 
-def _panel(ax, cases: list[dict[str, Any]], metric: str, largest_mb: float, shape) -> None:
+def _panel(ax, cases: list[dict[str, Any]], metric: Metric, largest_mb: float, shape) -> None:
     extra = [r["extra_info"] for r in cases]
     xs = [e["latency_p50_ms"] for e in extra]
-    ys = [e["metrics"][metric] for e in extra]
+    ys = [e["metrics"][metric.name] for e in extra]
     sizes = [e["size_bytes"] / 1e6 for e in extra]
-    higher = metric not in LOWER_IS_BETTER
+    higher = metric.higher_is_better
     passed = [r.get("outcome") in MEETS_FLOORS for r in cases]
     # dominated in all three: another configuration is as fast, as good and as small, and better in one
     points = [(x, -y if higher else y, s) for x, y, s in zip(xs, ys, sizes)]
@@ -109,7 +107,7 @@ def _panel(ax, cases: list[dict[str, Any]], metric: str, largest_mb: float, shap
     ax.margins(x=0.12, y=0.12)
     batch = f"batch {shape[0]} x {shape[1]} tokens" if shape and len(shape) == 2 else "batch 1"
     ax.set_xlabel(f"p50 latency (ms, {batch})")
-    ax.set_ylabel(METRIC_TITLES.get(metric, metric))
+    ax.set_ylabel(metric.title)
     ax.grid(True, alpha=0.3)
     _place_labels(ax, xs, ys, labels, [not f for f in flags], [_marker_area(s, largest_mb) for s in sizes])
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-METRIC_LABELS = {"accuracy": "acc", "macro_f1": "F1", "micro_f1": "microF1", "hard_accuracy": "hard acc",
-                 "hard_macro_f1": "hard F1", "perplexity": "ppl", "fewshot_accuracy": "6-shot acc",
-                 "fewshot_macro_f1": "6-shot F1"}
+from compresslab.tasks.metrics import label
+
 COLUMNS = ("model", "method", "result", "metrics", "recovery", "top-1 agree", "size MB", "size x", "zstd MB", "sparsity", "p50 ms",
            "speedup", "b16 ms", "b16 x", "decode tok/s", "decode x")
 
@@ -19,7 +18,7 @@ def _num(value: Any, fmt: str) -> str:
 
 
 def _metrics(extra: dict[str, Any]) -> str:
-    text = "  ".join(f"{METRIC_LABELS.get(k, k)} {v:.4g}" for k, v in extra.get("metrics", {}).items())
+    text = "  ".join(f"{label(k)} {v:.4g}" for k, v in extra.get("metrics", {}).items())
     return f"{text} *" if text and extra.get("metrics_cached") else text
 
 
