@@ -1,14 +1,18 @@
 """Single-sourced metadata: one metric table that floors, compare, the report and the Pareto plots
-all read."""
+all read, and cache keys that name a device the same way for artifacts and evaluations."""
 
 import re
+from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from compresslab import compare, floors, pareto, registry, report, runs
+from compresslab import compare, floors, measure, pareto, registry, report, runs
 from compresslab.floors import Floor, FloorsError
+from compresslab.methods.base import StageContext
+from compresslab.methods.dtype import DtypeCast
+from compresslab.pipeline import Pipeline
 from compresslab.tasks import metrics
 from compresslab.tasks.metrics import METRICS, Metric
 from runfiles import edit, sidecar
@@ -116,3 +120,30 @@ def test_pareto_ranks_and_titles_by_the_table(error_rate, tmp_path, monkeypatch)
     assert ax.get_ylabel() == "error rate (lower is better)"
     front = ax.lines[0]  # fastest first; "worse" is slower than "fast" and makes more errors
     assert list(front.get_xdata()) == [5.0, 10.0] and list(front.get_ydata()) == [0.15, 0.10]
+
+
+# --- cache keys: the device type, the same for artifacts and evaluations -------------------------
+
+class KeyRecorder:
+    """A cache that builds nothing: it hands back an entry named by the key it was asked for."""
+
+    def __init__(self, payload):
+        self.payload = payload
+
+    def get_or_build(self, key, build, inputs, rebuild):
+        return SimpleNamespace(key=key, payload=self.payload, build_s=0.0), False
+
+
+def test_keys_name_the_device_type_so_every_gpu_finds_what_another_built_and_evaluated(tmp_path):
+    def artifact_key(device):
+        source = SimpleNamespace(key="base-key", payload=tmp_path)
+        ctx = StageContext("tiny", "classifier", device, tmp_path)
+        entry, _ = Pipeline(KeyRecorder(tmp_path), {})._apply(DtypeCast(), "bf16", source, ctx, None)
+        return entry.key
+
+    def evaluation_key(device):
+        return measure.evaluation_key("artifact-key", [], device, 2)
+
+    for key in (artifact_key, evaluation_key):
+        assert key("cuda:0") == key("cuda:1") == key("cuda")
+        assert key("cpu") != key("cuda:0")

@@ -22,7 +22,7 @@ from compresslab.code_digest import module_digest, object_digest
 from compresslab.floors import recovery
 from compresslab.models.runner import TorchRunner, count_params, load_runner
 from compresslab.models.spec import ModelSpec
-from compresslab.pipeline import BuiltArtifact, Pipeline, library_versions, progress
+from compresslab.pipeline import BuiltArtifact, Pipeline, key_device, library_versions, progress
 from compresslab.tasks.base import Task
 from compresslab.trackers import fidelity, size, sparsity
 
@@ -77,12 +77,13 @@ EVAL_RESULTS, EVAL_LOGITS = "evaluation.json", "reference_logits.pt"
 def evaluation_key(artifact_key: str, tasks: list[Task], device: str, threads: int) -> str:
     """Everything that determines an evaluation's numbers: the artifact's bytes (its key), the
     task data and settings, the code that loads, runs and scores (so a fixed evaluator never
-    serves stale metrics), the device, the thread count (reduction order), the libraries."""
+    serves stale metrics), the device type (as in the artifact's key), the thread count (reduction
+    order), the libraries."""
     return cache_key({
         "evaluation": artifact_key,
         "tasks": [task.fingerprint() for task in tasks],
         "code": {"tasks": [object_digest(task) for task in tasks], "runner": module_digest(*RUNNER_MODULES)},
-        "device": device,
+        "device": key_device(device),
         "threads": threads,
         "libraries": library_versions(("torch", "transformers", "torchao", "tokenizers")),
         "schema": EVAL_SCHEMA,

@@ -52,6 +52,13 @@ def parse_chain(chain_id: str, methods: Collection[str]) -> tuple[str, ...]:
     return parts
 
 
+def key_device(device: str) -> str:
+    """The device as artifact and evaluation keys name it: its type (``cuda``, not ``cuda:1``).
+    pytest-xdist puts each worker on its own GPU, so a two-phase run must find on ``cuda:1`` what
+    a worker built and evaluated on ``cuda:0``; the GPUs of one machine are taken to be alike."""
+    return device.split(":")[0]
+
+
 def library_versions(names: tuple[str, ...]) -> dict[str, str | None]:
     return {name: distribution_version(name) for name in names}
 
@@ -157,7 +164,7 @@ class Pipeline:
             "method": method.fingerprint(),
             # a fix to the method or a helper it imports must not reuse artifacts built before it
             "code": object_digest(method),
-            "device": ctx.device.split(":")[0],
+            "device": key_device(ctx.device),
             "libraries": library_versions(CORE_LIBRARIES),
         }
         key = cache_key(inputs)
