@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from compresslab import registry
+from compresslab.methods import distill, structured
 from compresslab.methods.base import MethodUnsupported
 from compresslab.methods.distill import LayerDropDistill, kept_blocks, make_student
 from compresslab.methods.lowrank import LowRankSVD, choose_rank, factorize
@@ -15,6 +16,7 @@ from compresslab.models.finetune import FinetuneConfig, TrainBudget
 from compresslab.models.loading import load_pretrained
 from compresslab.models.runner import TorchRunner
 from compresslab.models.structure import STRUCTURE_FILE, LowRankLinear, block_list
+from compresslab.trackers import fidelity
 from compresslab.trackers.sparsity import parameter_count
 from tiny import (SyntheticSentiment, stage_context, synthetic_examples, tiny_bert_classifier, tiny_llama,
                   tokenizer)
@@ -63,6 +65,52 @@ def accuracy(path) -> float:
     return SyntheticSentiment().evaluate(runner).metrics["accuracy"]
 
 
+def trained_models(monkeypatch, module) -> list:
+    """The models ``module`` trains, kept as they are in memory when its ``apply`` saves them."""
+    trained = []
+    real = module.train
+
+    def spy(model, *args, **kwargs):
+        trained.append(model)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(module, "train", spy)
+    return trained
+
+
+def held_out_logits(model) -> torch.Tensor:
+    texts = [e.text for e in synthetic_examples(64, seed=999)]
+    with torch.no_grad():
+        return model(**tokenizer()(texts, padding=True, return_tensors="pt")).logits
+
+
+def assert_reload_equals(in_memory, path, kind):
+    reloaded = load_pretrained(path, kind)
+    assert torch.equal(held_out_logits(reloaded), held_out_logits(in_memory.eval())), \
+        f"{path} reloads to other logits than the model that was saved"
+
+
+def assert_changed(before, after, share=0.9):
+    """At least ``share`` of the parameter tensors moved (training ran and reached the saved model)."""
+    start = dict(before.named_parameters())
+    unchanged = [n for n, p in after.named_parameters() if torch.equal(p.detach(), start[n].detach())]
+    assert len(unchanged) <= (1 - share) * len(start), \
+        f"{len(unchanged)} of {len(start)} tensors unchanged: {unchanged[:4]}"
+
+
+def assert_closer_to_teacher(teacher_logits, start_logits, student_logits):
+    """Distillation moved the student's output distributions toward the teacher's."""
+    before = fidelity.compare_logits(teacher_logits, start_logits).kl_div
+    after = fidelity.compare_logits(teacher_logits, student_logits).kl_div
+    assert after < 0.8 * before, f"KL(teacher || student) {after:.4f}, starting student {before:.4f}"
+
+
+def assert_close_to_teacher(teacher_logits, student_logits, min_agreement=0.95, max_kl=0.05):
+    close = fidelity.compare_logits(teacher_logits, student_logits)
+    assert close.top1_agreement >= min_agreement and close.kl_div <= max_kl, \
+        f"top-1 agreement with the teacher {close.top1_agreement:.2f}, KL(teacher || student) {close.kl_div:.4f}"
+
+
 # ---- structured pruning
 
 
@@ -91,15 +139,12 @@ def test_structured_pruning_removes_heads_and_neurons(wide_classifier, tmp_path)
     assert record["heads"] == [4, 2] and record["ffn"] == [128, 64] and record["steps"] == 25
 
 
-def test_structured_checkpoint_reloads_exactly_and_refuses_a_quantizer(wide_classifier, tmp_path):
+def test_structured_checkpoint_reloads_exactly_and_refuses_a_quantizer(wide_classifier, tmp_path, monkeypatch):
+    trained = trained_models(monkeypatch, structured)
     StructuredPrune(fraction=0.25, recovery=CLASSIFIER).apply(wide_classifier, tmp_path, ctx(wide_classifier))
-    inputs = tokenizer()(["the food was great"], return_tensors="pt")
-    first = load_pretrained(tmp_path, "classifier")(**inputs).logits
-    again = load_pretrained(tmp_path, "classifier")(**inputs).logits
-    assert torch.equal(first, again)
+    assert_reload_equals(trained[0], tmp_path, "classifier")
     with pytest.raises(MethodUnsupported, match="reshaped modules"):
         load_pretrained(tmp_path, "classifier", quantization_config=object())
-    assert StructuredPrune.kinds == ("classifier",)
     with pytest.raises(MethodUnsupported, match="classifier"):
         registry.METHODS["prune-struct-30"].check_supported("causal-lm", "cpu")
 
@@ -124,18 +169,46 @@ def test_student_keeps_every_other_block_and_renumbers_them():
     assert generated.shape == (1, 7)
 
 
-def test_distilled_classifier_is_shallower_and_accurate(wide_classifier, tmp_path):
-    method = LayerDropDistill(budget=FAST)
-    method.apply(wide_classifier, tmp_path, ctx(wide_classifier))
-    model = load_pretrained(tmp_path, "classifier")  # a plain checkpoint: from_pretrained, no structure map
-    assert not (tmp_path / STRUCTURE_FILE).exists()
-    assert model.config.num_hidden_layers == 2
+def test_distilled_classifier_is_trained_toward_its_teacher_and_reloads_exactly(wide_classifier, tmp_path,
+                                                                                 monkeypatch):
+    trained = trained_models(monkeypatch, distill)
+    LayerDropDistill(budget=FAST).apply(wide_classifier, tmp_path, ctx(wide_classifier))
+    assert not (tmp_path / STRUCTURE_FILE).exists()  # a plain checkpoint: from_pretrained, no structure map
+    assert_reload_equals(trained[0], tmp_path, "classifier")
+    teacher = load_pretrained(wide_classifier, "classifier")
+    start, _ = make_student(teacher, 2)
+    student = load_pretrained(tmp_path, "classifier")
+    assert student.config.num_hidden_layers == 2
+    assert_changed(start, student)
+    # the kept blocks already answer as the teacher does on this easy task (both saturate): what
+    # distillation must show here is that it trained them and kept the answers
+    assert_close_to_teacher(held_out_logits(teacher), held_out_logits(student))
     record = json.loads((tmp_path / "records" / "distill.json").read_text())
     assert record["kept_blocks"] == [0, 2] and record["steps"] == 25 and record["train_s"] > 0
     assert accuracy(tmp_path) >= 0.9 * accuracy(wide_classifier)
 
 
-def test_distilled_lm_trains_on_teacher_token_distributions(tmp_path):
+def test_an_untrained_student_fails_the_distillation_checks(wide_classifier, tmp_path, monkeypatch):
+    monkeypatch.setattr(distill, "train", lambda *args: {"steps": 25, "train_s": 1.0})  # training skipped
+    LayerDropDistill(budget=FAST).apply(wide_classifier, tmp_path, ctx(wide_classifier))
+    teacher = load_pretrained(wide_classifier, "classifier")
+    start, _ = make_student(teacher, 2)
+    untrained = load_pretrained(tmp_path, "classifier")
+    with pytest.raises(AssertionError, match="tensors unchanged"):
+        assert_changed(start, untrained)
+    with pytest.raises(AssertionError, match="KL"):  # untrained: its outputs did not move toward the teacher's
+        assert_closer_to_teacher(*(held_out_logits(m) for m in (teacher, start, untrained)))
+    teacher_logits = held_out_logits(teacher)
+    for wrong in (-teacher_logits, torch.zeros_like(teacher_logits)):  # opposite answers; a constant
+        with pytest.raises(AssertionError, match="top-1 agreement"):
+            assert_close_to_teacher(teacher_logits, wrong)
+    with torch.no_grad():
+        untrained.classifier.bias.add_(1.0)  # the saved model and the one in memory part ways
+    with pytest.raises(AssertionError, match="reloads to other logits"):
+        assert_reload_equals(untrained, tmp_path, "classifier")
+
+
+def test_distilled_lm_trains_on_teacher_token_distributions(tmp_path, monkeypatch):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -143,8 +216,14 @@ def test_distilled_lm_trains_on_teacher_token_distributions(tmp_path):
     src = save(teacher, tmp_path / "teacher")
     out = tmp_path / "student"
     out.mkdir()
+    trained = trained_models(monkeypatch, distill)
     LayerDropDistill(budget=FAST, alpha=1.0).apply(src, out, ctx(src, "causal-lm"))
-    assert load_pretrained(out, "causal-lm").config.num_hidden_layers == 2
+    assert_reload_equals(trained[0], out, "causal-lm")
+    student = load_pretrained(out, "causal-lm")
+    assert student.config.num_hidden_layers == 2
+    start, _ = make_student(teacher.eval(), 2)
+    assert_changed(start, student)
+    assert_closer_to_teacher(held_out_logits(teacher), held_out_logits(start), held_out_logits(student))
 
 
 @pytest.mark.parametrize("kwargs, needle", [({"keep_every": 1}, "keep_every"), ({"temperature": 0}, "temperature"),
