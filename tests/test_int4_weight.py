@@ -8,7 +8,8 @@ import torch
 from compresslab import registry
 from compresslab.methods.base import MethodUnsupported, StageContext
 from compresslab.methods.int4_weight import Int4WeightOnly
-from compresslab.models.loading import QUANTO_QMAP, load_pretrained
+from compresslab.models.formats import QUANTO_QMAP
+from compresslab.models.loading import load_pretrained
 from compresslab.models.runner import load_runner
 from tiny import synthetic_examples, tiny_bert_classifier, tiny_llama, tokenizer
 

@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from compresslab.device import DeviceError
     from compresslab.floors import FloorsError
-    from compresslab.models.spec import ModelUnavailable
+    from compresslab.errors import ModelUnavailable
 
     try:
         return args.func(args)

@@ -494,8 +494,7 @@ def case_params(matrix: dict[str, tuple[str, ...]], tiered: bool = False) -> lis
 @pytest.fixture
 def compressed(request: pytest.FixtureRequest, compresslab_suite: Suite):
     """Indirect fixture: param ``(model_id, chain_id)``; builds (cached), evaluates, yields a Case."""
-    from compresslab.methods.base import MethodUnsupported
-    from compresslab.models.spec import ModelUnavailable
+    from compresslab.errors import MethodUnsupported, ModelUnavailable
 
     model_id, chain_id = request.param
     suite = compresslab_suite

@@ -14,15 +14,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from compresslab.assets import distribution_version
+from compresslab.errors import MethodUnsupported  # also re-exported: methods and user code import it from here
 from compresslab.models.spec import ModelKind
 
 # import name -> distribution name, where they differ
 DISTRIBUTIONS = {"onnxruntime": "onnxruntime", "openvino": "openvino", "gptqmodel": "gptqmodel",
                  "optimum.quanto": "optimum-quanto"}
-
-
-class MethodUnsupported(RuntimeError):
-    """The method cannot run here (missing package or device, unsupported architecture): a skip reason."""
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """GPTQ and AWQ weight-only quantization through gptqmodel (auto-gptq and autoawq are dead upstream).
 
 The saved checkpoint is a real 4-bit (or 8-bit) GPTQ/AWQ checkpoint; transformers reloads it
-through its gptqmodel integration, the path a user would take (models/loading.py pins the torch
+through its gptqmodel integration, the path a user would take (models/formats.py pins the torch
 kernels on CPU). On CPU, quantization runs in bfloat16 with the torch kernels (GPTQ_TORCH /
 AWQ_TORCH); on CUDA gptqmodel picks its kernels.
 

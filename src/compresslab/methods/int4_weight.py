@@ -2,7 +2,7 @@
 
 torchao's int4 layouts cannot be saved on CPU here (see ../shared/DESIGN.md), so the CPU route is
 optimum-quanto's qint4 (group-wise, packed two per byte in safetensors, with a quantization map
-beside the weights); models/loading.py reloads such a checkpoint through quanto's own loader. On
+beside the weights); models/formats.py reloads such a checkpoint through quanto's own loader. On
 CUDA the artifact is torchao's Int4WeightOnlyConfig through transformers' TorchAoConfig, whose
 tinygemm kernels make it fast there. The device is part of every cache key, so the two never mix.
 """
@@ -16,7 +16,8 @@ from typing import ClassVar
 import torch
 
 from compresslab.methods.base import Method, MethodUnsupported, StageContext
-from compresslab.models.loading import QUANTO_QMAP, load_pretrained, quanto_class
+from compresslab.models.formats import QUANTO_QMAP, quanto_class
+from compresslab.models.loading import load_pretrained
 
 GROUP_SIZES = (32, 64, 128)
 QUANTO_GROUP_SIZE = 128  # fixed by optimum-quanto for qint4 (smaller only where in_features needs it)
@@ -29,7 +30,7 @@ class Int4WeightOnly(Method):
     group_size: int = 128
     # dtype of what stays unquantized (embeddings, head, norms) and of the scales: bf16 halves the
     # embedding, most of a small model's bytes once its Linears are 4-bit, and selects quanto's
-    # tinygemm int4 kernels on CPU (see models/loading.py for the one fix they need)
+    # tinygemm int4 kernels on CPU (see models/formats.py for the one fix they need)
     dtype: str = "bfloat16"
     family: ClassVar[str] = "int4"
     requires_packages: ClassVar[tuple[str, ...]] = ("optimum.quanto", "torchao")

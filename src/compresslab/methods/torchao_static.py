@@ -6,15 +6,15 @@ passed to transformers' TorchAoConfig as an FqnToConfig keyed by the weight's fq
 checkpoint is the usual torchao safetensors (int8 ``_weight_qdata`` plus scales, including
 ``_weight_act_quant_scale``), saved with save_pretrained and reloaded with from_pretrained.
 
-transformers 5.17 needs two fixes for that round trip, both here:
-- save: TorchAoConfig.to_dict cannot serialize a config holding a tensor ("TypeError: Object of
+transformers 5.17 needs two fixes for that round trip:
+- save (here): TorchAoConfig.to_dict cannot serialize a config holding a tensor ("TypeError: Object of
   type Tensor is not JSON serializable", raised by save_pretrained, and for causal LMs already by
   from_pretrained), so config.json records the scheme without the scale (``act_quant_scale:
   null``); the scales live in the safetensors, next to each weight.
 - reload: its torchao quantizer gathers a tensor subclass from a fixed list of field names that
   lacks ``act_quant_scale``; the scale is dropped as UNEXPECTED and TorchAoDeserialize fails
-  ("assert not leftover_state_dict"). ``enable_static_int8_reload`` adds the missing fields;
-  models/loading.py calls it before loading any torchao checkpoint, in every process.
+  ("assert not leftover_state_dict"). The reload fix belongs to the checkpoint format, not to
+  this method: models/formats.py applies it before loading any torchao checkpoint, in every process.
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ from compresslab.models.loading import load_pretrained, load_tokenizer
 
 WEIGHT_GRANULARITIES = ("per-row", "per-tensor")
 INT8_MAX = 127
-# Int8Tensor fields that transformers 5.17's torchao loader does not gather.
-STATIC_FIELDS = ("act_quant_scale", "act_quant_zero_point")
 
 
 @dataclass(frozen=True)
@@ -139,33 +137,4 @@ def quantizable_linears(model: torch.nn.Module) -> list[tuple[str, torch.nn.Line
     prefix = f"{model.base_model_prefix}."
     return [(name, module) for name, module in model.named_modules()
             if isinstance(module, torch.nn.Linear) and name.startswith(prefix)]
-
-
-def enable_static_int8_reload() -> None:
-    """Teach transformers' torchao loader the static activation scale fields (idempotent; a no-op where unneeded)."""
-    try:
-        from transformers.core_model_loading import WeightConverter
-        from transformers.quantizers import auto
-        from transformers.quantizers.quantizer_torchao import TorchAoHfQuantizer
-    except ImportError:  # a transformers without this loader: nothing to extend
-        return
-    if getattr(auto.AUTO_QUANTIZER_MAPPING.get("torchao"), "gathers_static_scales", False):
-        return
-
-    class StaticScalesTorchAoHfQuantizer(TorchAoHfQuantizer):
-        gathers_static_scales = True
-
-        def get_weight_conversions(self):
-            converters = []
-            for converter in super().get_weight_conversions():
-                (target,) = converter.target_patterns  # the parameter name, e.g. "weight"
-                missing = [f"_{target}_{field}" for field in STATIC_FIELDS
-                           if f"_{target}_{field}" not in converter.source_patterns]
-                if missing:
-                    converter = WeightConverter(source_patterns=[*converter.source_patterns, *missing],
-                                                target_patterns=target, operations=converter.operations)
-                converters.append(converter)
-            return converters
-
-    auto.AUTO_QUANTIZER_MAPPING["torchao"] = StaticScalesTorchAoHfQuantizer
 

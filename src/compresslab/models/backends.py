@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from compresslab.methods.base import MethodUnsupported
+from compresslab.errors import MethodUnsupported
 
 OV_PRECISION = "f32"  # true fp32 arithmetic: rows compare compression, not the CPU plugin's bf16 default
 

@@ -13,7 +13,8 @@ import torch
 from compresslab.assets import AssetFile, AssetUnavailable, locate_with_hash
 from compresslab.models.finetune import FinetuneConfig, finetune_classifier
 from compresslab.models.loading import save_tokenizer
-from compresslab.models.spec import RECORDS_DIR, ModelUnavailable
+from compresslab.errors import ModelUnavailable
+from compresslab.models.spec import RECORDS_DIR
 from compresslab.tasks import tweets
 
 log = logging.getLogger(__name__)

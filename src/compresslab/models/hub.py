@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compresslab.models.spec import ModelKind, ModelUnavailable
+from compresslab.errors import ModelUnavailable
+from compresslab.models.spec import ModelKind
 
 
 def override_env(model_id: str) -> str:

@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from compresslab.models.loading import QUANTO_QMAP, load_pretrained, load_tokenizer
+from compresslab.models.formats import saved_format
+from compresslab.models.loading import load_pretrained, load_tokenizer
 from compresslab.models.graph_runner import GraphRunner, load_graph_runner, runtime_of
 from compresslab.models.spec import ModelKind
 
@@ -21,8 +22,8 @@ class TorchRunner:
     tokenizer: Any
     device: str
     kind: ModelKind
-    # optimum-quanto's packed weights fail under inference_mode ("Cannot set version_counter for
-    # inference tensor"); no_grad is the same computation without that fast path.
+    # False for formats whose weights fail under inference_mode (see models/formats.py): no_grad
+    # is the same computation without that fast path.
     inference_mode: bool = True
 
     def logits(self, inputs: dict[str, torch.Tensor], keep_last: int | None = None) -> torch.Tensor:
@@ -71,7 +72,7 @@ def load_runner(artifact: Path, base: Path, kind: ModelKind, device: str) -> Tor
     if device.startswith("cuda"):
         model = semi_structured_on_gpu(model, Path(artifact))
     return TorchRunner(model, load_tokenizer(base), device, kind,
-                       inference_mode=not (Path(artifact) / QUANTO_QMAP).is_file())
+                       inference_mode=saved_format(artifact).inference_mode)
 
 
 SPARSITY_FILE = "compresslab_sparsity.json"  # written by the 2:4 pruning methods

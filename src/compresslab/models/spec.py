@@ -6,16 +6,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+# Re-exported: ModelUnavailable lived here, and tasks/ and user sources still import it from here.
+from compresslab.errors import ModelUnavailable  # noqa: F401
+
 ModelKind = Literal["classifier", "causal-lm"]
 
 # A baseline artifact keeps its tokenizer and build records in sub-directories, apart from the
 # model files whose bytes are the artifact's size (see trackers/size.py).
 TOKENIZER_DIR = "tokenizer"
 RECORDS_DIR = "records"
-
-
-class ModelUnavailable(RuntimeError):
-    """The model's weights or data cannot be had here; the message says what is missing."""
 
 
 class BaseSource(Protocol):

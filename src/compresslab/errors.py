@@ -1,0 +1,14 @@
+"""Exceptions every layer raises and the plugin and CLI turn into skips or one-line messages.
+
+They live below models/, methods/ and tasks/ so that any of them can raise one without importing
+another: a model runtime that cannot run on a device raises MethodUnsupported without models/
+depending on methods/ (tests/test_architecture.py holds that line).
+"""
+
+
+class ModelUnavailable(RuntimeError):
+    """The model's weights or data cannot be had here; the message says what is missing."""
+
+
+class MethodUnsupported(RuntimeError):
+    """The method cannot run here (missing package or device, unsupported architecture): a skip reason."""
