@@ -37,13 +37,10 @@ def accuracy(path) -> float:
     return SyntheticSentiment().evaluate(runner).metrics["accuracy"]
 
 
-def test_registry_entries():
-    assert registry.METHODS["prune-global-50"].scope == "global"
-    assert registry.METHODS["prune-l1-50"].scope == "layer"
-    iterative = registry.METHODS["prune-iter-50"]
-    assert iterative.rounds == 3 and iterative.needs_calibration
-    assert not registry.METHODS["prune-l1-50"].needs_calibration
-    assert registry.METHODS["sparse-2of4"].pattern == "2:4"
+def test_needs_calibration_exactly_when_a_recovery_fine_tune_runs():
+    assert not MagnitudePrune().needs_calibration
+    assert MagnitudePrune(rounds=3, recovery=FAST).needs_calibration
+    assert MagnitudePrune(recovery=FAST).needs_calibration  # one round, then a recovery fine-tune
 
 
 @pytest.mark.parametrize("kwargs, needle", [
