@@ -69,7 +69,8 @@ def test_causal_lm_reload_equals_in_memory_quantized(tmp_path_factory):
 
 
 def test_registered_and_validated():
-    assert isinstance(registry.METHODS["int4-weight"], Int4WeightOnly)
+    for kind in ("classifier", "causal-lm"):  # the registered entry runs on CPU (quanto's group size)
+        registry.METHODS["int4-weight"].check_supported(kind, "cpu")
     with pytest.raises(ValueError, match="group_size must be one of 32, 64, 128, got 100"):
         Int4WeightOnly(group_size=100)
     with pytest.raises(MethodUnsupported, match="optimum-quanto, whose group size is 128, not 64"):
