@@ -1,9 +1,11 @@
-"""MODELS, TASKS, METHODS: plain dicts, the only place names are bound.
+"""MODELS, TASKS and the matrix's ROWS (METHODS and the tiers derive from them): the only place names are bound.
 
-A new method is one entry in METHODS (plus its module, a floors default and its tests).
+A new method is one line in ROWS (plus its module, a floors default and its tests).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from compresslab.methods.base import Method
 from compresslab.methods.bnb import BitsAndBytesQuant
@@ -59,58 +61,85 @@ MODELS: dict[str, ModelSpec] = {
     ),
 }
 
-METHODS: dict[str, Method] = {
-    "fp32": Baseline(),
-    "bf16": DtypeCast(dtype="bfloat16"),
-    "int8-dynamic": TorchaoQuant(scheme="int8-dynamic"),
-    "int8-weight": TorchaoQuant(scheme="int8-weight"),
-    "int8-static": TorchaoStaticInt8(),
-    "bnb-int8": BitsAndBytesQuant(bits=8),
-    "bnb-nf4": BitsAndBytesQuant(bits=4, quant_type="nf4"),
-    "bnb-nf4-dq": BitsAndBytesQuant(bits=4, quant_type="nf4", double_quant=True),
-    "gptq-w4g128": GPTQ(bits=4, group_size=128),
-    "gptq-w8g128": GPTQ(bits=8, group_size=128),
-    "awq-w4g128": AWQ(bits=4, group_size=128),
-    "awq-w4g64": AWQ(bits=4, group_size=64),  # SmolLM2's 576-wide layers: gptqmodel AWQ needs 576 % group == 0
-    "int4-weight": Int4WeightOnly(group_size=128),
-    "prune-l1-50": MagnitudePrune(sparsity=0.5, scope="layer"),
-    "prune-global-50": MagnitudePrune(sparsity=0.5, scope="global"),
-    "prune-iter-50": MagnitudePrune(sparsity=0.5, scope="global", rounds=3, recovery=TrainBudget(
+CLF, LM = ("classifier",), ("causal-lm",)
+BOTH = CLF + LM
+
+
+@dataclass(frozen=True)
+class Row:
+    """One method, or a chain of registered ids, and where it runs: ``default`` holds the kinds of
+    model whose default tier includes it (matrix.tier_of drops a row the floors mark as a known
+    failure); ``matrix=False`` keeps a method runnable by id (COMPRESSLAB_MATRIX, chains) but out of
+    every tier."""
+
+    id: str
+    method: Method | None = None  # None: a chain of the ids before it
+    default: tuple[str, ...] = ()
+    matrix: bool = True
+
+
+# The matrix, one line per row, in the order a run takes them. Tier "default" (make bench) is, per
+# kind of model, the Pareto front of the last full run and the best row of each family (dtype, eager
+# int8, each graph runtime, 4-bit weights, distillation, the best chain); dominated rows (int8-weight,
+# bnb, the fp32 graph exports, one-shot pruning) and training-heavy ones run in "full" only.
+ROWS: tuple[Row, ...] = (
+    Row("fp32", Baseline(), default=BOTH),
+    # quantization
+    Row("bf16", DtypeCast(dtype="bfloat16"), default=BOTH),
+    Row("int8-dynamic", TorchaoQuant(scheme="int8-dynamic"), default=BOTH),
+    Row("int8-weight", TorchaoQuant(scheme="int8-weight")),
+    Row("int8-static", TorchaoStaticInt8()),
+    Row("int4-weight", Int4WeightOnly(group_size=128), default=LM),
+    Row("bnb-int8", BitsAndBytesQuant(bits=8)),
+    Row("bnb-nf4", BitsAndBytesQuant(bits=4, quant_type="nf4"), default=LM),
+    Row("bnb-nf4-dq", BitsAndBytesQuant(bits=4, quant_type="nf4", double_quant=True), matrix=False),
+    Row("gptq-w4g128", GPTQ(bits=4, group_size=128), default=LM),
+    Row("gptq-w8g128", GPTQ(bits=8, group_size=128), matrix=False),
+    Row("awq-w4g128", AWQ(bits=4, group_size=128), default=LM),
+    Row("awq-w4g64", AWQ(bits=4, group_size=64)),  # SmolLM2's 576-wide layers: gptqmodel AWQ needs 576 % group == 0
+    # sparsity and structure
+    Row("prune-l1-50", MagnitudePrune(sparsity=0.5, scope="layer")),
+    Row("prune-global-50", MagnitudePrune(sparsity=0.5, scope="global")),
+    Row("prune-iter-50", MagnitudePrune(sparsity=0.5, scope="global", rounds=3, recovery=TrainBudget(
         classifier=FinetuneConfig(max_steps=80, learning_rate=5e-5),
         # about 8 s a step on 2 cores: 3 rounds x 30 steps make the stage about 12 minutes
-        causal_lm=FinetuneConfig(max_steps=30, batch_size=4, max_length=256, learning_rate=5e-5))),
-    "sparse-2of4": MagnitudePrune(sparsity=0.5, pattern="2:4"),
-    "sparsegpt-50": OneShotSparsity(algorithm="sparsegpt", sparsity=0.5),
-    "sparsegpt-2of4": OneShotSparsity(algorithm="sparsegpt", sparsity=0.5, mask_structure="2:4"),
-    "wanda-50": OneShotSparsity(algorithm="wanda", sparsity=0.5),
-    "prune-struct-30": StructuredPrune(fraction=0.3),
-    "distill-half": LayerDropDistill(keep_every=2),
-    "lowrank-svd": LowRankSVD(energy=0.6),
-    "ort": OrtExport(),
-    "ort-int8": OrtExport(quantization="dynamic-int8"),
-    "ort-int8-static": OrtExport(quantization="static-int8"),
-    "openvino": OpenVinoExport(),
-    "ov-int8": OpenVinoExport(compression="int8"),
-    "ov-int8-weights": OpenVinoExport(compression="int8-weights"),
-    "ov-int4-weights": OpenVinoExport(compression="int4-weights"),
-}
+        causal_lm=FinetuneConfig(max_steps=30, batch_size=4, max_length=256, learning_rate=5e-5)))),
+    Row("sparse-2of4", MagnitudePrune(sparsity=0.5, pattern="2:4")),
+    Row("sparsegpt-50", OneShotSparsity(algorithm="sparsegpt", sparsity=0.5)),
+    Row("sparsegpt-2of4", OneShotSparsity(algorithm="sparsegpt", sparsity=0.5, mask_structure="2:4")),
+    Row("wanda-50", OneShotSparsity(algorithm="wanda", sparsity=0.5)),
+    Row("prune-struct-30", StructuredPrune(fraction=0.3)),
+    Row("distill-half", LayerDropDistill(keep_every=2), default=CLF),
+    Row("lowrank-svd", LowRankSVD(energy=0.6)),
+    # runtimes. ort-int8-static (per-tensor QDQ from min-max calibration) fell below its floors on both
+    # models (MiniLM 97.8% accuracy at 0.61x fp32 speed; SmolLM2 perplexity 140.6)
+    Row("ort", OrtExport()),
+    Row("ort-int8", OrtExport(quantization="dynamic-int8"), default=CLF),
+    Row("ort-int8-static", OrtExport(quantization="static-int8")),
+    Row("openvino", OpenVinoExport()),
+    Row("ov-int8", OpenVinoExport(compression="int8"), default=CLF),
+    Row("ov-int8-weights", OpenVinoExport(compression="int8-weights"), default=LM),
+    Row("ov-int4-weights", OpenVinoExport(compression="int4-weights"), default=BOTH),
+    # chains: the combinations of the study this project grew from (distillation + quantization was
+    # its best). On SmolLM2-135M the distilled student pruned to 50% by magnitude measured perplexity
+    # 103,300: worse than a uniform guess over its 49,152-token vocabulary.
+    Row("distill-half+int8-dynamic"),
+    Row("prune-global-50+int8-dynamic"),
+    Row("distill-half+prune-global-50+int8-dynamic"),
+    Row("prune-global-50+gptq-w4g128"),
+    Row("distill-half+ort-int8"),
+    Row("distill-half+ov-int8", default=CLF),
+)
+
+METHODS: dict[str, Method] = {row.id: row.method for row in ROWS if row.method is not None}
 
 BASELINE_METHOD = "fp32"
 
-QUANTIZATION = ("bf16", "int8-dynamic", "int8-weight", "int8-static", "int4-weight", "bnb-int8", "bnb-nf4",
-                "gptq-w4g128", "awq-w4g128", "awq-w4g64")
-SPARSITY_AND_STRUCTURE = ("prune-l1-50", "prune-global-50", "prune-iter-50", "sparse-2of4", "sparsegpt-50",
-                          "sparsegpt-2of4", "wanda-50", "prune-struct-30", "distill-half", "lowrank-svd")
-# The combinations of the study this project grew from (distillation + quantization was its best)
-RUNTIMES = ("ort", "ort-int8", "ort-int8-static", "openvino", "ov-int8", "ov-int8-weights", "ov-int4-weights")
-CHAINS = ("distill-half+int8-dynamic", "prune-global-50+int8-dynamic", "distill-half+prune-global-50+int8-dynamic",
-          "prune-global-50+gptq-w4g128", "distill-half+ort-int8", "distill-half+ov-int8")
-
-# The full matrix (tier "full"): every model with every method and chain; a method that does not
-# apply to a model (GPTQ on an encoder, SparseGPT on a classifier) skips with its reason. It holds the
-# slow rows (CPU training: iterative pruning, structured pruning, low-rank) and the known-bad ones.
+# The full matrix (tier "full"): every model with every row; a method that does not apply to a model
+# (GPTQ on an encoder, SparseGPT on a classifier) skips with its reason. It holds the slow rows (CPU
+# training: iterative pruning, structured pruning, low-rank) and the known-bad ones.
 FULL_MATRIX: dict[str, tuple[str, ...]] = {
-    model_id: ("fp32", *QUANTIZATION, *SPARSITY_AND_STRUCTURE, *RUNTIMES, *CHAINS) for model_id in MODELS
+    model_id: tuple(row.id for row in ROWS if row.matrix) for model_id in MODELS
 }
 
 # Tier "smoke": what CI runs on every pull request, a baseline and one quantization per embedded model
@@ -120,18 +149,9 @@ SMOKE_MATRIX: dict[str, tuple[str, ...]] = {
     "smollm2-135m": ("fp32", "int8-dynamic"),
 }
 
-# Tier "default" (make bench): per kind of model, the Pareto front of the last full run and the best
-# row of each family (dtype, eager int8, each graph runtime, 4-bit weights, distillation, the best
-# chain), minus any row the floors file marks as a known failure (matrix.tier_of). Dominated rows
-# (int8-weight, bnb, the fp32 graph exports, one-shot pruning) and training-heavy ones run in "full".
-# On SmolLM2-135M the distilled student pruned to 50% by magnitude measured perplexity 103,300, and
-# ort-int8-static (per-tensor QDQ from min-max calibration) fell below its floors on both models
-# (MiniLM 97.8% accuracy at 0.61x fp32 speed; SmolLM2 perplexity 140.6): full tier only.
+# Tier "default", per kind of model, from each row's ``default``.
 DEFAULT_TIER: dict[str, tuple[str, ...]] = {
-    "classifier": ("fp32", "bf16", "int8-dynamic", "ort-int8", "ov-int8", "ov-int4-weights", "distill-half",
-                   "distill-half+ov-int8"),
-    "causal-lm": ("fp32", "bf16", "int8-dynamic", "int4-weight", "bnb-nf4", "gptq-w4g128", "awq-w4g128",
-                  "ov-int8-weights", "ov-int4-weights"),
+    kind: tuple(row.id for row in ROWS if kind in row.default) for kind in BOTH
 }
 
 
