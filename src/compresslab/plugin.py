@@ -642,7 +642,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if exitstatus == pytest.ExitCode.INTERRUPTED:
         incomplete = f"interrupted ({getattr(config, '_compresslab_signal', 'KeyboardInterrupt')})"
     config._compresslab_incomplete = incomplete
-    config._compresslab_sidecar = results.write_sidecar(records, out, incomplete)
+    document = results.sidecar_document(records, out, incomplete)
+    config._compresslab_sidecar = results.write_sidecar(document, out)
+    config._compresslab_document = results.as_json(document)  # the gate judges this run in memory
     results.drop_journals(journals)
     if config._compresslab_gate is not None:
         check_gate(session, config._compresslab_gate)
@@ -657,10 +659,9 @@ def with_journal_records(records: list[dict[str, Any]], journal: list[dict[str, 
 
 def check_gate(session: pytest.Session, gate: Gate) -> None:
     """Compare this run with the baseline; a regression turns a passing session into a failing one."""
-    from compresslab import compare, results, runs
+    from compresslab import compare, runs
 
-    sidecar = session.config._compresslab_sidecar
-    head = runs.from_document(results.load(sidecar), sidecar)
+    head = runs.from_document(session.config._compresslab_document, session.config._compresslab_sidecar)
     baseline = collected_baseline(session, gate.baseline, head)
     try:
         session.config._compresslab_comparison = compare.compare(baseline, head, gate.rules,

@@ -59,14 +59,21 @@ def sidecar_document(records: list[dict[str, Any]], results_dir: Path, incomplet
     return document
 
 
-def write_sidecar(records: list[dict[str, Any]], results_dir: Path, incomplete: str | None = None) -> Path:
-    document = sidecar_document(records, results_dir, incomplete)
+def write_sidecar(document: dict[str, Any], results_dir: Path) -> Path:
+    """The run as ``runs/<time>_<commit>[_incomplete].json`` and ``latest.json``; returns the first."""
     created, commit = document["created"], document["commit_info"]
+    incomplete = document.get("incomplete")
     name = f"{created}_{(commit.get('commit') or 'nogit')[:10]}{'_incomplete' if incomplete else ''}.json"
     path = results_dir / "runs" / name
     atomic_write_json(path, document)
     atomic_write_json(results_dir / "latest.json", document)
     return path
+
+
+def as_json(document: dict[str, Any]) -> dict[str, Any]:
+    """The document exactly as a reader of the written file sees it (tuples as lists, other
+    objects as their str), without reading the file back."""
+    return json.loads(json.dumps(document, default=str))
 
 
 def load(path: Path) -> dict[str, Any]:
