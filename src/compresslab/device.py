@@ -12,6 +12,13 @@ class DeviceError(ValueError):
     pass
 
 
+def device_type(device: str) -> str:
+    """``cuda`` of ``cuda:1``: what a method supports, and how artifact and evaluation keys name the
+    device (pytest-xdist puts each worker on its own GPU, so a two-phase run must find on ``cuda:1``
+    what a worker built and evaluated on ``cuda:0``; the GPUs of one machine are taken to be alike)."""
+    return device.split(":")[0]
+
+
 def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 

@@ -19,10 +19,11 @@ import torch
 
 from compresslab.cache import ArtifactCache, cache_key
 from compresslab.code_digest import module_digest, object_digest
+from compresslab.device import device_type
 from compresslab.floors import recovery
 from compresslab.models.runner import TorchRunner, count_params, load_runner
 from compresslab.models.spec import ModelSpec
-from compresslab.pipeline import BuiltArtifact, Pipeline, key_device, library_versions, progress
+from compresslab.pipeline import BuiltArtifact, Pipeline, library_versions, progress
 from compresslab.tasks.base import Task
 from compresslab.trackers import fidelity, size, sparsity
 
@@ -83,7 +84,7 @@ def evaluation_key(artifact_key: str, tasks: list[Task], device: str, threads: i
         "evaluation": artifact_key,
         "tasks": [task.fingerprint() for task in tasks],
         "code": {"tasks": [object_digest(task) for task in tasks], "runner": module_digest(*RUNNER_MODULES)},
-        "device": key_device(device),
+        "device": device_type(device),
         "threads": threads,
         "libraries": library_versions(("torch", "transformers", "torchao", "tokenizers")),
         "schema": EVAL_SCHEMA,

@@ -19,6 +19,7 @@ from pathlib import Path
 from compresslab.assets import distribution_version
 from compresslab.cache import ArtifactCache, Entry, cache_key
 from compresslab.code_digest import object_digest
+from compresslab.device import device_type
 from compresslab.methods.base import Method, StageContext
 from compresslab.models.spec import RECORDS_DIR, ModelSpec
 
@@ -50,13 +51,6 @@ def parse_chain(chain_id: str, methods: Collection[str]) -> tuple[str, ...]:
         if part not in methods:
             raise KeyError(f"unknown method {part!r} in chain {chain_id!r}; valid: {', '.join(sorted(methods))}")
     return parts
-
-
-def key_device(device: str) -> str:
-    """The device as artifact and evaluation keys name it: its type (``cuda``, not ``cuda:1``).
-    pytest-xdist puts each worker on its own GPU, so a two-phase run must find on ``cuda:1`` what
-    a worker built and evaluated on ``cuda:0``; the GPUs of one machine are taken to be alike."""
-    return device.split(":")[0]
 
 
 def library_versions(names: tuple[str, ...]) -> dict[str, str | None]:
@@ -164,7 +158,7 @@ class Pipeline:
             "method": method.fingerprint(),
             # a fix to the method or a helper it imports must not reuse artifacts built before it
             "code": object_digest(method),
-            "device": key_device(ctx.device),
+            "device": device_type(ctx.device),
             "libraries": library_versions(CORE_LIBRARIES),
         }
         key = cache_key(inputs)

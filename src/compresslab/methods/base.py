@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from compresslab.assets import distribution_version
+from compresslab.device import device_type
 from compresslab.errors import MethodUnsupported  # also re-exported: methods and user code import it from here
 from compresslab.models.spec import ModelKind
 
@@ -76,8 +77,7 @@ class Method:
         if missing:
             raise MethodUnsupported(f"needs package(s) {', '.join(missing)} (pip install compresslab[gpu] or "
                                     "requirements/cpu.txt)")
-        device_type = device.split(":")[0]
-        if device_type not in self.devices:
+        if device_type(device) not in self.devices:
             raise MethodUnsupported(f"runs on {', '.join(self.devices)}, not on {device}")
         if kind not in self.kinds:
             raise MethodUnsupported(f"applies to {', '.join(self.kinds)} models, not {kind}")
