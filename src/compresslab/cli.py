@@ -65,11 +65,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         status = _available(lambda m=method: m.check_supported(m.kinds[0], "cpu"))
         print(f"  {method_id:<{id_width}} family={method.family:<{family_width}} packages={packages:<{package_width}} "
               f"kinds={','.join(method.kinds):<21} devices={','.join(method.devices):<9} cpu-here={status}")
-    print_cases(registry, book)
+    family_of = {name: m.family for name, m in registry.METHODS.items()}
+    print_cases(registry, book, family_of)
     if book is None:
         print("floors: none (no floors.toml here; --floors FILE)")
     else:
-        family_of = {name: m.family for name, m in registry.METHODS.items()}
         print(f"floors ({floors_path}):")
         for model_id, chains in registry.FULL_MATRIX.items():
             for chain in chains:
@@ -77,12 +77,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def print_cases(registry, book) -> None:
+def print_cases(registry, book, family_of: dict[str, str]) -> None:
     """Each case of the full matrix with its tier (--compresslab-tier) and how long building it from
     an empty cache took in the newest saved run here that built or measured it."""
     from compresslab import matrix, runs
 
-    family_of = {name: m.family for name, m in registry.METHODS.items()}
     measured = runs.last_build_times(Path(runs.RESULTS_DIR) / "runs")
     print("cases (tier: smoke within default within full; build: the case's stages + its model's base stage, "
           "from an empty cache, in the last run here that measured it):")
@@ -91,7 +90,8 @@ def print_cases(registry, book) -> None:
         for chain in chains:
             known_bad = bool(book and book.floor_for(model_id, chain, family_of).expected_failure)
             build = measured.get((model_id, chain))
-            shown = f"{build[0]:7.1f}s + base {build[1]:6.1f}s  ({build[2]})" if build else "      -  (not measured here)"
+            shown = (f"{build[0]:7.1f}s + base {build[1]:6.1f}s  ({build[2]})" if build
+                     else "      -  (not measured here)")
             print(f"  {f'{model_id}-{chain}':<{width}}  {matrix.tier_of(model_id, chain, known_bad):<7}  {shown}")
 
 

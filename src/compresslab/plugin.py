@@ -22,7 +22,7 @@ DEFAULT_ROUNDS = 30
 DEFAULT_WARMUP = 5
 RECORDS_KEY = "compresslab_records"
 RUN_ID_KEY = "compresslab_run_id"
-TIERS = ("smoke", "default", "full")  # registry.TIERS, here without importing torch at plugin load
+TIERS = ("smoke", "default", "full")  # nested, smallest first (matrix.tier_of says which holds a case)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -68,7 +68,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config._compresslab_gate = None if is_worker else gate_settings(config)
     check_matrix_env()
     config._compresslab_run_id = config.workerinput[RUN_ID_KEY] if is_worker else new_run_id()
-    config._compresslab_journal = None
     if not is_worker:
         show_warnings_live(config)
         stop_cleanly_on_sigterm(config)
@@ -564,7 +563,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         "extra_info": dict(case.extra) if case else {},
     }
     item.config._compresslab_records.append(record)
-    results_journal(item.config).append(record)
+    append_to_journal(item.config, record)
     benchmark = getattr(item, "funcargs", {}).get("benchmark")
     if benchmark is not None:  # pytest-benchmark's JSON then says how the case ended, floors included
         benchmark.extra_info.update(outcome=report.outcome, floor_violations=record["extra_info"].get(
@@ -604,25 +603,13 @@ def results_dir(config: pytest.Config) -> Path:
     return path if path.is_absolute() else Path(config.rootpath) / path
 
 
-class Journal:
-    """This process's append-only record of the cases it finished (results.py), opened on the first."""
+def append_to_journal(config: pytest.Config, record: dict[str, Any]) -> None:
+    """This process's append-only record of the cases it finished (results.py): one file per
+    process of the run, so xdist workers never share one."""
+    from compresslab import results
 
-    def __init__(self, config: pytest.Config):
-        from compresslab import results
-
-        process = os.environ.get("PYTEST_XDIST_WORKER", "main")
-        self.path = results.journal_path(results_dir(config), config._compresslab_run_id, process)
-
-    def append(self, record: dict[str, Any]) -> None:
-        from compresslab import results
-
-        results.append_to_journal(self.path, record)
-
-
-def results_journal(config: pytest.Config) -> Journal:
-    if config._compresslab_journal is None:
-        config._compresslab_journal = Journal(config)
-    return config._compresslab_journal
+    process = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    results.append_to_journal(results.journal_path(results_dir(config), config._compresslab_run_id, process), record)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -699,7 +686,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(f"sidecar: {sidecar}")
     incomplete = getattr(config, "_compresslab_incomplete", None)
     if incomplete:
-        terminalreporter.write_line(f"run {incomplete}: the sidecar holds the {len(records)} case(s) that finished "
+        finished = len(config._compresslab_document["benchmarks"])  # the journals' records included
+        terminalreporter.write_line(f"run {incomplete}: the sidecar holds the {finished} case(s) that finished "
                                     f"and is marked incomplete", yellow=True)
     gate_summary(terminalreporter, config)
 

@@ -43,13 +43,12 @@ def atomic_write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def sidecar_document(records: list[dict[str, Any]], results_dir: Path, incomplete: str | None = None,
-                     created: str | None = None) -> dict[str, Any]:
+def sidecar_document(records: list[dict[str, Any]], results_dir: Path, incomplete: str | None = None) -> dict[str, Any]:
     """``incomplete``: why the run ended before its last case (interrupted, SIGTERM, killed), or None."""
     document = {
         "schema": SIDECAR_SCHEMA,
         "compresslab_version": __version__,
-        "created": created or time.strftime("%Y%m%dT%H%M%S"),
+        "created": time.strftime("%Y%m%dT%H%M%S"),
         "commit_info": git_info(results_dir.parent),
         "machine_info": {"node": platform.node(), "machine": platform.machine(), "python": platform.python_version()},
         "benchmarks": sorted(records, key=lambda r: r["fullname"]),
