@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from compresslab import code_digest, measure
+from compresslab import cases, code_digest
 from compresslab.cache import MANIFEST, ArtifactCache, CorruptEntry, cache_key
 from tiny import SyntheticSentiment
 
@@ -131,13 +131,13 @@ def test_evaluation_key_follows_the_task_and_runner_code(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     _rewrite(tmp_path / "digest_edited_task.py", EDITED_TASK)
     _rewrite(tmp_path / "digest_runner_part.py", "SCALE = 1\n")
-    monkeypatch.setattr(measure, "RUNNER_MODULES", (*measure.RUNNER_MODULES, "digest_runner_part"))
+    monkeypatch.setattr(cases, "RUNNER_MODULES", (*cases.RUNNER_MODULES, "digest_runner_part"))
     edited_task = importlib.import_module("digest_edited_task").EditedTask()
     sys.modules.pop("digest_edited_task")  # the class lives on; the digest reads the file from sys.path
 
     def keys() -> tuple[str, str]:
-        return (measure.evaluation_key("artifact", [edited_task], "cpu", 2),
-                measure.evaluation_key("artifact", [SyntheticSentiment()], "cpu", 2))
+        return (cases.evaluation_key("artifact", [edited_task], "cpu", 2),
+                cases.evaluation_key("artifact", [SyntheticSentiment()], "cpu", 2))
 
     edited_before, other_before = keys()
     _rewrite(tmp_path / "digest_edited_task.py", EDITED_TASK + "# a scoring fix\n")

@@ -44,7 +44,7 @@ def tiny_classifier(tmp_path_factory):
 
 def test_registered():
     method = registry.METHODS["int8-static"]
-    assert isinstance(method, TorchaoStaticInt8) and method.needs_calibration and method.family == "int8"
+    assert isinstance(method, TorchaoStaticInt8) and method.uses_task_data and method.family == "int8"
     assert (method.calibration_samples, method.calibration_tokens) == (128, 128)
     with pytest.raises(MethodUnsupported, match="wreck decoder LMs"):
         method.check_supported("causal-lm", "cpu")

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from compresslab import compare, floors, measure, pareto, registry, report, runs
+from compresslab import cases, compare, floors, pareto, registry, report, runs
 from compresslab.floors import Floor, FloorsError
 from compresslab.methods.base import StageContext
 from compresslab.methods.dtype import DtypeCast
@@ -142,7 +142,7 @@ def test_keys_name_the_device_type_so_every_gpu_finds_what_another_built_and_eva
         return entry.key
 
     def evaluation_key(device):
-        return measure.evaluation_key("artifact-key", [], device, 2)
+        return cases.evaluation_key("artifact-key", [], device, 2)
 
     for key in (artifact_key, evaluation_key):
         assert key("cuda:0") == key("cuda:1") == key("cuda")

@@ -144,13 +144,13 @@ def test_decode_tracker_times_every_step(decoder):
     base, _, outs = decoder
     runner = load_runner(outs["ort"], base, "causal-lm", "cpu")
     ids = tokenizer()(["the movie was"], return_tensors="pt")["input_ids"]
-    stats = decode.measure(runner, ids, new_tokens=4, rounds=2)
+    stats = decode.time_decode(runner, ids, new_tokens=4, rounds=2)
     info = stats.as_extra_info()
     assert len(stats.step_s) == 8 and len(stats.round_s) == 2
     assert info["decode_tokens_per_s"] == pytest.approx(4 / np.median(stats.round_s))
     assert info["decode_prompt_tokens"] == ids.shape[1]
     with pytest.raises(ValueError, match="new_tokens"):
-        decode.measure(runner, ids, new_tokens=0)
+        decode.time_decode(runner, ids, new_tokens=0)
 
 
 def test_calibration_feeds_match_the_graph_inputs(decoder, classifier, tmp_path):

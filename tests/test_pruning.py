@@ -37,10 +37,10 @@ def accuracy(path) -> float:
     return SyntheticSentiment().evaluate(runner).metrics["accuracy"]
 
 
-def test_needs_calibration_exactly_when_a_recovery_fine_tune_runs():
-    assert not MagnitudePrune().needs_calibration
-    assert MagnitudePrune(rounds=3, recovery=FAST).needs_calibration
-    assert MagnitudePrune(recovery=FAST).needs_calibration  # one round, then a recovery fine-tune
+def test_uses_task_data_exactly_when_a_recovery_fine_tune_runs():
+    assert not MagnitudePrune().uses_task_data
+    assert MagnitudePrune(rounds=3, recovery=FAST).uses_task_data
+    assert MagnitudePrune(recovery=FAST).uses_task_data  # one round, then a recovery fine-tune
 
 
 @pytest.mark.parametrize("kwargs, needle", [

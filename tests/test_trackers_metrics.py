@@ -16,12 +16,12 @@ def test_percentile_matches_numpy(q):
 
 def test_latency_measure_counts_rounds_and_warmup():
     calls = []
-    stats = latency.measure(lambda: calls.append(time.sleep(0.001)), rounds=7, warmup=3)
+    stats = latency.time_calls(lambda: calls.append(time.sleep(0.001)), rounds=7, warmup=3)
     assert len(calls) == 10 and len(stats.samples_s) == 7
     assert all(s >= 0.001 for s in stats.samples_s)
     assert set(stats.as_ms()) == {"latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_rounds"}
     with pytest.raises(ValueError, match="rounds must be >= 1"):
-        latency.measure(lambda: None, rounds=0)
+        latency.time_calls(lambda: None, rounds=0)
 
 
 def test_size_counts_real_bytes_and_zstd(tmp_path):

@@ -200,11 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from compresslab.device import DeviceError
     from compresslab.floors import FloorsError
-    from compresslab.errors import ModelUnavailable
+    from compresslab.errors import Unavailable
 
     try:
         return args.func(args)
-    except (KeyError, ValueError, OSError, FloorsError, DeviceError, ModelUnavailable) as err:
+    except (KeyError, ValueError, OSError, FloorsError, DeviceError, Unavailable) as err:
         # one line: a CI log shows it whole, and no traceback reads as a crash (exit 1, "regression")
         message = " ".join(str(_message(err)).splitlines())
         print(f"compresslab {args.command}: {message}", file=sys.stderr)

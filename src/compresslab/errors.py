@@ -6,8 +6,17 @@ depending on methods/ (tests/test_architecture.py holds that line).
 """
 
 
-class ModelUnavailable(RuntimeError):
-    """The model's weights or data cannot be had here; the message says what is missing."""
+class Unavailable(RuntimeError):
+    """Something a case needs cannot be had here (offline, not installed): the case skips with the
+    message as its reason."""
+
+
+class ModelUnavailable(Unavailable):
+    """The model's weights (or its tokenizer) cannot be had here; the message says what is missing."""
+
+
+class TaskDataUnavailable(Unavailable):
+    """A task's dataset cannot be had here; the message says what is missing."""
 
 
 class MethodUnsupported(RuntimeError):

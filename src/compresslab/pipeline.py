@@ -152,7 +152,7 @@ class Pipeline:
                calibration_task) -> tuple[Entry, StageRecord]:
         inputs = {
             # calibration data shapes the artifact: its source hash and selection enter the key
-            "calibration": calibration_task.fingerprint() if method.needs_calibration and calibration_task else None,
+            "calibration": calibration_task.fingerprint() if method.uses_task_data and calibration_task else None,
             "stage": name,
             "input": source.key,
             "method": method.fingerprint(),

@@ -220,7 +220,7 @@ class Suite:
     def __init__(self, config: pytest.Config):
         from compresslab import device, registry
         from compresslab.cache import ArtifactCache
-        from compresslab.measure import CaseRunner
+        from compresslab.cases import CaseRunner
         from compresslab.methods.gptq import cpu_workers_default
         from compresslab.pipeline import Pipeline
 
@@ -245,7 +245,7 @@ class Suite:
         from compresslab.trackers import latency
 
         inputs = self.cases.timed_inputs(spec, baseline.runner)
-        return latency.measure(lambda: baseline.runner.logits(inputs), self.settings.device,
+        return latency.time_calls(lambda: baseline.runner.logits(inputs), self.settings.device,
                                rounds=max(3, self.settings.rounds // 2), warmup=self.settings.warmup)
 
     def second_workload(self, spec, runner) -> Any:
@@ -493,7 +493,7 @@ def case_params(matrix: dict[str, tuple[str, ...]], tiered: bool = False) -> lis
 @pytest.fixture
 def compressed(request: pytest.FixtureRequest, compresslab_suite: Suite):
     """Indirect fixture: param ``(model_id, chain_id)``; builds (cached), evaluates, yields a Case."""
-    from compresslab.errors import MethodUnsupported, ModelUnavailable
+    from compresslab.errors import MethodUnsupported, Unavailable
 
     model_id, chain_id = request.param
     suite = compresslab_suite
@@ -504,13 +504,13 @@ def compressed(request: pytest.FixtureRequest, compresslab_suite: Suite):
         with live_output(request.config):
             baseline = suite.cases.baseline(spec, suite.registry.BASELINE_METHOD)
             is_baseline = chain_id == suite.registry.BASELINE_METHOD
-            measurement = baseline if is_baseline else suite.cases.measure(spec, chain_id)
-    except (ModelUnavailable, MethodUnsupported) as err:
+            measurement = baseline if is_baseline else suite.cases.run(spec, chain_id)
+    except (Unavailable, MethodUnsupported) as err:
         pytest.skip(f"{model_id}-{chain_id}: {err}")
     case = Case(suite, spec, chain_id, measurement, baseline)
     case.extra.update(run_info(suite))
     case.extra.update(measurement.info)
-    case.extra.update(suite.cases.compare(measurement, baseline))
+    case.extra.update(suite.cases.versus_baseline(measurement, baseline))
     case.extra["metrics"] = dict(measurement.metrics)
     request.node._compresslab_case = case
     yield case

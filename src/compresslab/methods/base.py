@@ -55,7 +55,7 @@ def is_installed(module: str) -> bool:
 @dataclass(frozen=True)
 class Method:
     family: ClassVar[str]
-    needs_calibration: ClassVar[bool] = False
+    uses_task_data: ClassVar[bool] = False
     requires_packages: ClassVar[tuple[str, ...]] = ()
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     kinds: ClassVar[tuple[ModelKind, ...]] = ("classifier", "causal-lm")

@@ -62,7 +62,7 @@ class LayerDropDistill(Method):
     alpha: float = 0.5  # weight of the soft-target term; 1 - alpha goes to the hard targets
     budget: TrainBudget = field(default_factory=lambda: DEFAULT_BUDGET)
     family: ClassVar[str] = "distill"
-    needs_calibration: ClassVar[bool] = True  # trains on the task's training data
+    uses_task_data: ClassVar[bool] = True  # trains on the task's training data
 
     def __post_init__(self) -> None:
         if self.keep_every < 2:

@@ -47,7 +47,7 @@ class GPTQModelQuant(Method):
     sym: bool = True
     calibration_samples: int = 64
     calibration_tokens: int = 512
-    needs_calibration: ClassVar[bool] = True
+    uses_task_data: ClassVar[bool] = True
     requires_packages: ClassVar[tuple[str, ...]] = ("gptqmodel",)
     kinds: ClassVar[tuple[str, ...]] = ("causal-lm",)  # gptqmodel quantizes decoder LMs only
     algorithm: ClassVar[str] = "gptq"

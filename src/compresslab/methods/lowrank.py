@@ -67,7 +67,7 @@ class LowRankSVD(Method):
             raise ValueError(f"LowRankSVD.energy must be in (0, 1), got {self.energy}")
 
     @property
-    def needs_calibration(self) -> bool:  # type: ignore[override]  # recovery data enters the cache key
+    def uses_task_data(self) -> bool:  # type: ignore[override]  # recovery data enters the cache key
         return self.recover
 
     def apply(self, src: Path, out: Path, ctx: StageContext) -> None:

@@ -42,7 +42,7 @@ class OneShotSparsity(Method):
     n_samples: int = 64
     seq_len: int = 512
     family: ClassVar[str] = "sparsegpt"
-    needs_calibration: ClassVar[bool] = True
+    uses_task_data: ClassVar[bool] = True
     requires_packages: ClassVar[tuple[str, ...]] = ("llmcompressor",)
     kinds: ClassVar[tuple[str, ...]] = ("causal-lm",)
 

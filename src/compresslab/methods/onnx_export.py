@@ -134,7 +134,7 @@ class OrtExport(Method):
                              f"got {self.quantization!r}")
 
     @property
-    def needs_calibration(self) -> bool:  # type: ignore[override]  # calibration data enters the cache key
+    def uses_task_data(self) -> bool:  # type: ignore[override]  # calibration data enters the cache key
         return self.quantization == "static-int8"
 
     def apply(self, src: Path, out: Path, ctx: StageContext) -> None:

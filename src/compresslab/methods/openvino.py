@@ -60,7 +60,7 @@ class OpenVinoExport(Method):
             raise ValueError(f"OpenVinoExport.int4_ratio must be in (0, 1], got {self.int4_ratio}")
 
     @property
-    def needs_calibration(self) -> bool:  # type: ignore[override]  # calibration data enters the cache key
+    def uses_task_data(self) -> bool:  # type: ignore[override]  # calibration data enters the cache key
         return self.compression in ("int8", "int4-weights")
 
     def apply(self, src: Path, out: Path, ctx: StageContext) -> None:
@@ -71,7 +71,7 @@ class OpenVinoExport(Method):
             export_to(src, ctx, graph)
             model = ov.convert_model(str(graph))
             if self.compression is not None:
-                feeds = calibration_feeds(graph, ctx, self.calibration_samples) if self.needs_calibration else None
+                feeds = calibration_feeds(graph, ctx, self.calibration_samples) if self.uses_task_data else None
                 model = compress(model, self.compression, feeds, self.int4_ratio, self.group_size, self.awq)
             # fp32 stays fp32 on disk (save_model would halve it to fp16 by default)
             ov.save_model(model, str(out / MODEL_FILE), compress_to_fp16=False)

@@ -98,7 +98,7 @@ class MagnitudePrune(Method):
                              "recovery fine-tune config")
 
     @property
-    def needs_calibration(self) -> bool:  # type: ignore[override]  # training data enters the cache key
+    def uses_task_data(self) -> bool:  # type: ignore[override]  # training data enters the cache key
         return self.recovery is not None
 
     def apply(self, src: Path, out: Path, ctx: StageContext) -> None:

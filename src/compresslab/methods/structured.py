@@ -84,7 +84,7 @@ class StructuredPrune(Method):
     recovery: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(
         max_steps=200, batch_size=32, learning_rate=1e-4))
     family: ClassVar[str] = "prune-struct"
-    needs_calibration: ClassVar[bool] = True  # the recovery fine-tune trains on the task's data
+    uses_task_data: ClassVar[bool] = True  # the recovery fine-tune trains on the task's data
     kinds: ClassVar[tuple[str, ...]] = ("classifier",)
 
     def __post_init__(self) -> None:

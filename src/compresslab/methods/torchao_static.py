@@ -45,7 +45,7 @@ class TorchaoStaticInt8(Method):
     calibration_tokens: int = 128
     weight_granularity: str = "per-row"
     family: ClassVar[str] = "int8"
-    needs_calibration: ClassVar[bool] = True
+    uses_task_data: ClassVar[bool] = True
     requires_packages: ClassVar[tuple[str, ...]] = ("torchao",)
     devices: ClassVar[tuple[str, ...]] = ("cpu",)  # verified on CPU only
     kinds: ClassVar[tuple[str, ...]] = ("classifier",)

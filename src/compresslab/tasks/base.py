@@ -34,7 +34,7 @@ class Task(Protocol):
     metrics: tuple[str, ...]
 
     def check_available(self) -> None:
-        """Raise ModelUnavailable (quickly) when the task's data cannot be had here."""
+        """Raise TaskDataUnavailable (quickly) when the task's data cannot be had here."""
 
     def fingerprint(self) -> dict[str, Any]: ...
 

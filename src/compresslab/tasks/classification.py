@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from compresslab.assets import AssetUnavailable
-from compresslab.models.spec import ModelUnavailable
+from compresslab.errors import TaskDataUnavailable
 from compresslab.tasks import metrics, tweets
 from compresslab.tasks.base import Runner, TaskResult
 from compresslab.tasks.tweets import Example
@@ -62,7 +62,7 @@ class TweetSentiment:
         try:
             tweets.load_splits()
         except AssetUnavailable as err:
-            raise ModelUnavailable(str(err)) from err
+            raise TaskDataUnavailable(str(err)) from err
 
     def fingerprint(self) -> dict[str, Any]:
         return {"task": self.id, "data": tweets.load_splits().fingerprint(), "max_length": self.max_length}
@@ -106,7 +106,7 @@ def _load_emotion_test(source: str) -> tuple[Example, ...]:
     try:
         data = datasets.load_dataset(source, split="test")
     except Exception as err:  # datasets raises many types for "not reachable / not found"
-        raise ModelUnavailable(
+        raise TaskDataUnavailable(
             f"dataset {source} is not available here ({type(err).__name__}); "
             "set COMPRESSLAB_EMOTION_DATA to a local copy"
         ) from err

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from compresslab.assets import AssetUnavailable
-from compresslab.models.spec import ModelUnavailable
+from compresslab.errors import TaskDataUnavailable
 from compresslab.tasks import metrics, tweets, wiki
 from compresslab.tasks.base import Runner, TaskResult
 
@@ -18,7 +18,7 @@ def _require(load):
     try:
         return load()
     except AssetUnavailable as err:
-        raise ModelUnavailable(str(err)) from err
+        raise TaskDataUnavailable(str(err)) from err
 
 
 _HELD_OUT_IDS: dict[tuple[str, int, int], torch.Tensor] = {}

@@ -41,7 +41,7 @@ class DecodeStats:
         }
 
 
-def measure(runner, prompt_ids: torch.Tensor, new_tokens: int = 16, device: str = "cpu", rounds: int = 5,
+def time_decode(runner, prompt_ids: torch.Tensor, new_tokens: int = 16, device: str = "cpu", rounds: int = 5,
             warmup: int = 1) -> DecodeStats:
     if new_tokens < 1 or rounds < 1:
         raise ValueError(f"new_tokens and rounds must be >= 1, got {new_tokens} and {rounds}")

@@ -50,7 +50,7 @@ def synchronizer(device: str) -> Callable[[], None]:
     return lambda: None
 
 
-def measure(fn: Callable[[], object], device: str = "cpu", rounds: int = 30, warmup: int = 5) -> LatencyStats:
+def time_calls(fn: Callable[[], object], device: str = "cpu", rounds: int = 30, warmup: int = 5) -> LatencyStats:
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     sync = synchronizer(device)

@@ -1,14 +1,19 @@
-"""``python -m compresslab.trackers.memory_probe ARTIFACT BASE KIND DEVICE INPUTS_PT THREADS``
+"""The peak memory of one artifact, measured in a fresh process.
 
-Loads one artifact in a fresh process, runs one inference on the saved inputs, prints JSON
-with the process's peak RSS (and CUDA allocator peak). Run by measure.py, never during timing.
+``probe_in_child`` (the parent side, called by cases.py, never during timing) starts
+``python -m compresslab.trackers.memory_probe ARTIFACT BASE KIND DEVICE INPUTS_PT THREADS``, which
+loads the artifact, runs one inference on the saved inputs and prints JSON with the process's
+peak RSS (and CUDA allocator peak).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,6 +35,24 @@ def main(argv: list[str]) -> dict[str, float | None]:
         info["peak_rss_mb"] = max(info["peak_rss_mb"], high_water / 2**20)
     info["rss_delta_mb"] = info["peak_rss_mb"] - before_load / 2**20
     return info
+
+
+def probe_in_child(artifact: Path, base: Path, kind: str, device: str,
+                              inputs: dict[str, torch.Tensor], threads: int) -> dict[str, Any]:
+    """Peak RSS of a fresh process that loads the artifact and runs one timed-shape inference.
+
+    A separate process is what a deployment pays, and keeps this pass off the timed loop.
+    """
+    with tempfile.TemporaryDirectory(prefix="compresslab-mem-") as tmp:
+        inputs_path = Path(tmp) / "inputs.pt"
+        torch.save(inputs, inputs_path)
+        command = [sys.executable, "-m", "compresslab.trackers.memory_probe", str(artifact), str(base), kind,
+                   device, str(inputs_path), str(threads)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"memory probe failed for {artifact}: {tail[0]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":

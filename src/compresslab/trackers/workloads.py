@@ -27,7 +27,7 @@ class WorkloadResult:
 
 
 def batch_latency(runner, inputs: dict[str, torch.Tensor], device: str, rounds: int, warmup: int) -> WorkloadResult:
-    stats = latency.measure(lambda: runner.logits(inputs), device, rounds=rounds, warmup=warmup)
+    stats = latency.time_calls(lambda: runner.logits(inputs), device, rounds=rounds, warmup=warmup)
     size = inputs["input_ids"].shape[0]
     ms = stats.as_ms()
     extra = {f"latency_b{size}_p50_ms": ms["latency_p50_ms"], f"latency_b{size}_p90_ms": ms["latency_p90_ms"],
@@ -36,7 +36,7 @@ def batch_latency(runner, inputs: dict[str, torch.Tensor], device: str, rounds: 
 
 
 def decode_latency(runner, prompt_ids: torch.Tensor, device: str, rounds: int) -> WorkloadResult:
-    stats = decode.measure(runner, prompt_ids, DECODE_TOKENS, device, rounds=rounds, warmup=1)
+    stats = decode.time_decode(runner, prompt_ids, DECODE_TOKENS, device, rounds=rounds, warmup=1)
     return WorkloadResult(stats.as_extra_info(), stats.median_step_s, "decode_speedup_vs_baseline")
 
 

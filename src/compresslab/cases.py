@@ -7,9 +7,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +22,7 @@ from compresslab.models.runner import TorchRunner, count_params, load_runner
 from compresslab.models.spec import ModelSpec
 from compresslab.pipeline import BuiltArtifact, Pipeline, library_versions, progress
 from compresslab.tasks.base import Task
-from compresslab.trackers import fidelity, size, sparsity
+from compresslab.trackers import fidelity, memory_probe, size, sparsity
 
 log = logging.getLogger(__name__)
 
@@ -121,24 +118,6 @@ def cached_evaluation(cache: ArtifactCache, artifact_key: str, runner: TorchRunn
     return Evaluation(saved["metrics"], reference, saved["details"], saved["measured_at"], True)
 
 
-def measure_memory_subprocess(artifact: Path, base: Path, kind: str, device: str,
-                              inputs: dict[str, torch.Tensor], threads: int) -> dict[str, Any]:
-    """Peak RSS of a fresh process that loads the artifact and runs one timed-shape inference.
-
-    A separate process is what a deployment pays, and keeps this pass off the timed loop.
-    """
-    with tempfile.TemporaryDirectory(prefix="compresslab-mem-") as tmp:
-        inputs_path = Path(tmp) / "inputs.pt"
-        torch.save(inputs, inputs_path)
-        command = [sys.executable, "-m", "compresslab.trackers.memory_probe", str(artifact), str(base), kind,
-                   device, str(inputs_path), str(threads)]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"memory probe failed for {artifact}: {tail[0]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def training_seconds(artifact: BuiltArtifact) -> float:
     """Seconds spent training in the compression stages (distillation, recovery fine-tunes):
     every ``train_s`` in their build records, however nested (one per pruning round)."""
@@ -174,7 +153,7 @@ class CaseRunner:
         """The fixed-shape input every case of a model is timed (and memory-probed) on: batch 1."""
         return self.tasks[spec.tasks[0]].latency_inputs(runner.tokenizer, spec.latency_seq_len, batch_size=1)
 
-    def measure(self, spec: ModelSpec, chain_id: str) -> Measurement:
+    def run(self, spec: ModelSpec, chain_id: str) -> Measurement:
         artifact = self.pipeline.build(spec, chain_id, self.device)
         runner = load_runner(artifact.path, artifact.base.payload, spec.kind, self.device)
         evaluation = cached_evaluation(self.pipeline.cache, artifact.entry.key, runner, self.model_tasks(spec),
@@ -205,7 +184,7 @@ class CaseRunner:
         if runner.model is not None:  # exported graphs have no torch module to inspect
             info.update(sparsity.sparsity_info(runner.model))
         if self.memory == "subprocess":
-            info.update(measure_memory_subprocess(artifact.path, artifact.base.payload, spec.kind, self.device,
+            info.update(memory_probe.probe_in_child(artifact.path, artifact.base.payload, spec.kind, self.device,
                                                   self.timed_inputs(spec, runner), self.threads))
         return info
 
@@ -217,11 +196,11 @@ class CaseRunner:
     def baseline(self, spec: ModelSpec, baseline_chain: str) -> Measurement:
         """The fp32 measurement of this run, measured once per model and kept (without its model)."""
         if spec.id not in self._baselines:
-            self._baselines[spec.id] = self.measure(spec, baseline_chain)
+            self._baselines[spec.id] = self.run(spec, baseline_chain)
         return self._baselines[spec.id]
 
     @staticmethod
-    def compare(measurement: Measurement, baseline: Measurement) -> dict[str, Any]:
+    def versus_baseline(measurement: Measurement, baseline: Measurement) -> dict[str, Any]:
         info: dict[str, Any] = {
             "baseline_metrics": dict(baseline.metrics),
             "recovery": {m: recovery(m, v, baseline.metrics[m]) for m, v in measurement.metrics.items()
