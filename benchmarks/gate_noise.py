@@ -56,19 +56,19 @@ def run_smoke(out: Path, label: str, rounds: int, extra: list[str]) -> runs.Run:
 def speedup_spread(all_runs: list[runs.Run]) -> list[tuple[str, list[float], float]]:
     rows = []
     for name, record in all_runs[0].records.items():
-        if record.method == "fp32":
+        if record.chain == "fp32":
             continue
-        values = [r.records[name].value("speedup") for r in all_runs if name in r.records]
+        values = [compare.field_value(r.records[name], "speedup") for r in all_runs if name in r.records]
         values = [v for v in values if v is not None]
         if values:
-            rows.append((f"{record.model}-{record.method}", values,
+            rows.append((f"{record.model}-{record.chain}", values,
                          (max(values) - min(values)) / statistics.median(values)))
     return rows
 
 
 def gate(base: runs.Run, head: runs.Run, rules: list[compare.Rule]) -> list[str]:
     comparison = compare.compare(base, head, rules)
-    return [f"{row.model}-{row.method}: {message}" for row, message in comparison.regressions]
+    return [f"{row.model}-{row.chain}: {message}" for row, message in comparison.regressions]
 
 
 def main(argv: list[str] | None = None) -> int:

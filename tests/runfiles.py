@@ -33,12 +33,12 @@ def sidecar(seed: int = 0, cases=CASES, commit: str = "a" * 40) -> dict[str, Any
         benchmarks.append({
             "name": f"test_compression[{model}-{method}]",
             "fullname": f"benchmarks/test_compression.py::test_compression[{model}-{method}]",
-            "model": model, "method": method, "outcome": "passed", "reason": None,
-            "extra_info": {"model": model, "method": method, "size_bytes": case["size_bytes"],
+            "model": model, "chain": method, "outcome": "passed", "reason": None,
+            "extra_info": {"model": model, "chain": method, "size_bytes": case["size_bytes"],
                            "size_ratio": case["size_bytes"] / cases[(model, "fp32")]["size_bytes"],
                            "metrics": dict(case["metrics"]), "latency_p50_ms": sorted(rounds)[len(rounds) // 2],
                            "latency_samples_ms": rounds, "baseline_latency_p50_ms": base_p50,
-                           "speedup_vs_baseline": base_p50 / case["p50"], "peak_rss_mb": 500.0,
+                           "speedup_vs_baseline": base_p50 / case["p50"], "peak_rss_mib": 500.0,
                            "latency_input_shape": [1, 64]},
         })
     return {"schema": 1, "compresslab_version": "0.1.0", "created": f"20261125T1200{seed:02d}",
@@ -63,7 +63,7 @@ def edit(document: dict[str, Any], model: str, method: str, **changes) -> dict[s
     """A copy with one case changed: size_factor, latency_factor, metric=value, outcome=..."""
     changed = copy.deepcopy(document)
     for record in changed["benchmarks"]:
-        if (record["model"], record["method"]) != (model, method):
+        if (record["model"], record["chain"]) != (model, method):
             continue
         extra = record["extra_info"]
         if "size_factor" in changes:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from compresslab import __version__, cli, runs
+from compresslab import __version__, cli, compare, runs
 from runfiles import as_pytest_benchmark, sidecar, write
 
 
@@ -54,9 +54,11 @@ MALFORMED = {
     "latency": (with_extra(sidecar(2), latency_p50_ms="12ms"), "latency_p50_ms is '12ms', not a number"),
     "speedup": (with_extra(sidecar(2), speedup_vs_baseline=[2]), "speedup_vs_baseline is [2], not a number"),
     "rss": (with_extra(sidecar(2), peak_rss_mb="500"), "peak_rss_mb is '500', not a number"),
-    "cuda": (with_extra(sidecar(2), cuda_peak_mb={}), "cuda_peak_mb is {}, not a number"),
+    "cuda": (with_extra(sidecar(2), cuda_peak_mb={}), "cuda_peak_mb is {}, not a number"),  # an older run's name
+    "rss-mib": (with_extra(sidecar(2), peak_rss_mib="500"), "peak_rss_mib is '500', not a number"),
+    "cuda-mib": (with_extra(sidecar(2), cuda_peak_mib={}), "cuda_peak_mib is {}, not a number"),
     **{f"second-workload-{key}": (with_extra(sidecar(2), **{key: "x"}), f"{key} is 'x', not a number")
-       for key in runs.SECOND_WORKLOAD_KEYS.values()},
+       for key in ("latency_b16_p50_ms", "decode_tokens_per_s", "speedup_b16_vs_baseline", "decode_speedup_vs_baseline")},
     "baseline-latency": (with_extra(sidecar(2), baseline_latency_p50_ms="16"),
                          "baseline_latency_p50_ms is '16', not a number"),
     "zstd-size": (with_extra(sidecar(2), size_zstd_bytes="x"), "size_zstd_bytes is 'x', not a number"),
@@ -70,7 +72,7 @@ MALFORMED = {
     "extra-info-not-object": (with_bench(sidecar(2), extra_info="x"), f"{FP32}: extra_info is 'x', not an object"),
     "name-missing": (without_name(), "benchmark #0: no 'name'"),
     "model-not-string": (with_bench(sidecar(2), model=7), f"{FP32}: model is 7, not a string"),
-    "method-null": (with_bench(sidecar(2), method=None), f"{FP32}: method is None, not a string"),
+    "chain-null": (with_bench(sidecar(2), chain=None), f"{FP32}: chain is None, not a string"),
     "outcome-not-string": (with_bench(sidecar(2), outcome=["passed"]), "outcome is ['passed'], not a string"),
     "name-with-newline": (with_bench(with_extra(sidecar(2), size_bytes="big"), name="a\nb"),
                           r"benchmark #0 (a\nb): size_bytes"),
@@ -136,7 +138,7 @@ def test_odd_but_valid_values_are_read_not_rejected(tmp_path, capsys):
                      "--fail=perplexity:+2%"]) == cli.EXIT_REGRESSION
     assert capsys.readouterr().err == ""
     record = runs.load(path).records["test_compression[minilm-sentiment-fp32]"]
-    assert record.value("size") is None and record.metrics == {"accuracy": pytest.approx(float("nan"), nan_ok=True)}
+    assert compare.field_value(record, "size") is None and record.metrics == {"accuracy": pytest.approx(float("nan"), nan_ok=True)}
 
 
 def test_alpha_outside_0_1_is_bad_input(tmp_path, capsys):

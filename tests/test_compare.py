@@ -83,7 +83,7 @@ def test_latency_regression_needs_threshold_and_significance():
     slower = compare_docs(base, edit(sidecar(seed=2), "minilm-sentiment", "int8-dynamic", latency_factor=1.2),
                           "latency:+10%")
     [(row, message)] = slower.regressions
-    assert row.method == "int8-dynamic" and message.startswith("latency") and "p=" in message
+    assert row.chain == "int8-dynamic" and message.startswith("latency") and "p=" in message
     # noise only (another seed of the same distribution): no regression even with a tight threshold
     assert not compare_docs(base, sidecar(seed=2), "latency:+1%").regressions
     # significant but within the threshold: no regression
@@ -93,7 +93,7 @@ def test_latency_regression_needs_threshold_and_significance():
 
 def set_rounds(document, model, method, rounds):
     for record in document["benchmarks"]:
-        if (record["model"], record["method"]) == (model, method):
+        if (record["model"], record["chain"]) == (model, method):
             median = sorted(rounds)[len(rounds) // 2]
             record["extra_info"].update(latency_samples_ms=list(rounds), latency_p50_ms=median)
     return document
@@ -112,7 +112,7 @@ def test_latency_beyond_threshold_but_not_significant_is_no_regression():
     base = set_rounds(sidecar(seed=1), "smollm2-135m", "int8-dynamic", [200, 212, 224, 230, 236, 250, 262, 270, 300])
     head = set_rounds(sidecar(seed=2), "smollm2-135m", "int8-dynamic", [205, 218, 232, 250, 265, 268, 275, 290, 310])
     result = compare_docs(base, head, "latency:+10%")
-    delta = next(r for r in result.rows if r.method == "int8-dynamic" and r.model == "smollm2-135m").deltas["latency"]
+    delta = next(r for r in result.rows if r.chain == "int8-dynamic" and r.model == "smollm2-135m").deltas["latency"]
     assert delta.test.can_reject(0.05) and not delta.powerless
     assert delta.rule.exceeded(delta.base, delta.head) and delta.test.p_value >= 0.05 and not delta.regression
 
@@ -125,7 +125,7 @@ def test_rounds_too_few_for_the_rank_test_fall_back_to_threshold_and_interval_an
     head = keep_rounds(edit(sidecar(seed=2), "minilm-sentiment", "int8-dynamic", latency_factor=30), 3)
     result = compare_docs(base, head, "latency:+10%")
     [(row, message)] = result.regressions
-    assert row.method == "int8-dynamic" and message.startswith("latency")
+    assert row.chain == "int8-dynamic" and message.startswith("latency")
     assert "3 vs 3 rounds: the rank test cannot reject at alpha 0.05" in message
     text = compare.render(result)
     assert "p=0.05 (3 vs 3 rounds) !" in text
@@ -176,7 +176,7 @@ def test_five_percent_larger_artifact_is_named():
     head = edit(sidecar(seed=2), "minilm-sentiment", "int8-dynamic", size_factor=1.05)
     result = compare_docs(base, head, "size:+1%", "latency:+10%")
     [(row, message)] = result.regressions
-    assert (row.model, row.method) == ("minilm-sentiment", "int8-dynamic")
+    assert (row.model, row.chain) == ("minilm-sentiment", "int8-dynamic")
     assert message.startswith("size 58.7 MB -> 61.6 MB (+5.0%; rule size:+1%")
     text = compare.render(result)
     assert "REGRESSION minilm-sentiment int8-dynamic: size" in text
@@ -193,7 +193,7 @@ def test_second_workload_rules_batch16_latency_and_decode_throughput():
             else:
                 record["extra_info"]["latency_b16_p50_ms"] = 100.0
     result = compare_docs(base, head, "decode:-10%", "b16:+10%")
-    assert sorted((row.method, message.split()[0]) for row, message in result.regressions) == [
+    assert sorted((row.chain, message.split()[0]) for row, message in result.regressions) == [
         ("fp32", "decode"), ("int8-dynamic", "decode")]  # tokens/s fell 20%; batch-16 latency held
     text = compare.render(result)
     assert "decode tok/s" in text and "b16 ms" in text and "24 -20.0% !" in text
@@ -213,22 +213,22 @@ def test_metric_rules_in_points_and_percent():
 def test_new_missing_and_changed_outcome_rows_are_marked():
     base = sidecar(seed=1)
     head = edit(sidecar(seed=1), "minilm-sentiment", "int8-dynamic", outcome="failed")
-    head["benchmarks"] = [b for b in head["benchmarks"] if b["method"] != "fp32" or b["model"] != "smollm2-135m"]
+    head["benchmarks"] = [b for b in head["benchmarks"] if b["chain"] != "fp32" or b["model"] != "smollm2-135m"]
     extra = json.loads(json.dumps(head["benchmarks"][0]))
-    extra.update(name="test_compression[minilm-sentiment-bf16]", method="bf16")
+    extra.update(name="test_compression[minilm-sentiment-bf16]", chain="bf16")
     head["benchmarks"].append(extra)
     result = compare_docs(base, head)
-    statuses = {(r.model, r.method): r.status for r in result.rows}
+    statuses = {(r.model, r.chain): r.status for r in result.rows}
     assert statuses[("smollm2-135m", "fp32")] == "missing" and statuses[("minilm-sentiment", "bf16")] == "new"
     text = compare.render(result)
     assert "CHANGED passed -> failed" in text and "missing: passed" in text and "new: passed" in text
     # a case that now fails its floor is a regression, and so is one that passed and is gone
-    assert sorted((row.method, message) for row, message in result.regressions) == [
+    assert sorted((row.chain, message) for row, message in result.regressions) == [
         ("fp32", "outcome passed -> missing (not in head)"),
         ("int8-dynamic", "outcome passed -> failed (see the test report)")]
     result = compare.compare(result.base, result.head, [], allow_missing=True)
     [(row, message)] = result.regressions
-    assert row.method == "int8-dynamic" and message.startswith("outcome passed -> failed")
+    assert row.chain == "int8-dynamic" and message.startswith("outcome passed -> failed")
 
 
 def test_lost_cases_are_regressions_with_the_head_reason_unless_allowed_missing():
@@ -236,16 +236,16 @@ def test_lost_cases_are_regressions_with_the_head_reason_unless_allowed_missing(
     head = edit(edit(sidecar(seed=1), "minilm-sentiment", "fp32", outcome="skipped"),
                 "minilm-sentiment", "int8-dynamic", outcome="xfailed")
     for record in head["benchmarks"]:
-        if record["method"] == "fp32":  # xfailed -> xfailed below is fine
+        if record["chain"] == "fp32":  # xfailed -> xfailed below is fine
             record.update(outcome=record["outcome"] if record["model"] == "minilm-sentiment" else "xfailed",
                           reason="minilm-sentiment-fp32: weights are not here" if record["model"] ==
                           "minilm-sentiment" else "known: below its floors")
-        if record["method"] == "int8-dynamic" and record["model"] == "minilm-sentiment":
+        if record["chain"] == "int8-dynamic" and record["model"] == "minilm-sentiment":
             record.update(reason="accuracy 0.61 < floor 0.85", extra_info={})
     gone = ("smollm2-135m", "int8-dynamic")
-    head["benchmarks"] = [b for b in head["benchmarks"] if (b["model"], b["method"]) != gone]
+    head["benchmarks"] = [b for b in head["benchmarks"] if (b["model"], b["chain"]) != gone]
     rules = ("accuracy:-0.5pt", "latency:+10%")
-    found = sorted((f"{r.model}-{r.method}", m) for r, m in compare_docs(base, head, *rules).regressions)
+    found = sorted((f"{r.model}-{r.chain}", m) for r, m in compare_docs(base, head, *rules).regressions)
     assert found == [
         ("minilm-sentiment-fp32", "outcome passed -> skipped (minilm-sentiment-fp32: weights are not here)"),
         ("minilm-sentiment-int8-dynamic", "outcome passed -> xfailed (accuracy 0.61 < floor 0.85)"),
@@ -270,7 +270,7 @@ def test_nan_inf_or_missing_value_in_head_is_a_regression_named_with_the_field()
             record["extra_info"]["metrics"].pop("fewshot_accuracy", None)
     del head["benchmarks"][0]["extra_info"]["size_bytes"]  # minilm-sentiment fp32
     result = compare_docs(base, head, "accuracy:-0.5pt", "perplexity:+2%", "fewshot_accuracy:-2pt", "size:+1%")
-    assert sorted((f"{r.model}-{r.method}", m) for r, m in result.regressions) == [
+    assert sorted((f"{r.model}-{r.chain}", m) for r, m in result.regressions) == [
         ("minilm-sentiment-fp32", "size is missing in head (base 90.9 MB) (rule size:+1%)"),
         ("minilm-sentiment-int8-dynamic", "accuracy is nan in head (base 0.8868) (rule accuracy:-0.5pt)"),
         ("smollm2-135m-int8-dynamic", "perplexity is inf in head (base 22.22) (rule perplexity:+2%)")]
@@ -285,7 +285,7 @@ def test_second_workload_same_run_ratios_are_rule_fields():
     for document, ratio in ((base, 2.0), (head, 1.5)):
         for record in document["benchmarks"]:
             key = "decode_speedup_vs_baseline" if record["model"] == "smollm2-135m" else "speedup_b16_vs_baseline"
-            record["extra_info"][key] = 1.0 if record["method"] == "fp32" else ratio
+            record["extra_info"][key] = 1.0 if record["chain"] == "fp32" else ratio
     result = compare_docs(base, head, "b16_speedup:-10%", "decode_speedup:-10%")
     assert sorted(m.split(" (")[0] for _, m in result.regressions) == [
         "b16_speedup 2.00x -> 1.50x", "decode_speedup 2.00x -> 1.50x"]
@@ -296,7 +296,7 @@ def test_second_workload_same_run_ratios_are_rule_fields():
 
 def shifted(document, factor):
     """Every case's rounds scaled alike: another process on a shared VM, identical code."""
-    for model, method in {(b["model"], b["method"]) for b in document["benchmarks"]}:
+    for model, method in {(b["model"], b["chain"]) for b in document["benchmarks"]}:
         document = edit(document, model, method, latency_factor=factor)
     return document
 
@@ -318,7 +318,7 @@ def test_history_widens_the_latency_threshold_to_the_run_to_run_spread():
     copies = [runs.from_document(as_pytest_benchmark(sidecar(seed=1)), "base-copy.json"), slower]
     result = compare.compare(base, slower, rules, history=[*history, *copies])
     [(row, message)] = result.regressions
-    assert result.history == 3 and row.method == "int8-dynamic"
+    assert result.history == 3 and row.chain == "int8-dynamic"
     assert message.startswith("latency 10.") and re.search(r"threshold 2\d\.\d% learned from 4 runs", message)
     # too short a history: the rule's own threshold, and the rows say why
     short = compare.compare(base, head, rules, history=history[:1])
@@ -361,8 +361,8 @@ def test_pytest_benchmark_json_and_sidecar_load_alike(tmp_path):
     assert from_sidecar.records.keys() == from_benchmark.records.keys()
     for name, record in from_sidecar.records.items():
         other = from_benchmark.records[name]
-        assert (record.model, record.method, record.outcome) == (other.model, other.method, other.outcome)
-        assert record.samples_ms == other.samples_ms and record.value("size") == other.value("size")
+        assert (record.model, record.chain, record.outcome) == (other.model, other.chain, other.outcome)
+        assert record.samples_ms == other.samples_ms and compare.field_value(record, "size") == compare.field_value(other, "size")
 
 
 def test_pytest_benchmark_saved_data_supplies_samples(tmp_path):

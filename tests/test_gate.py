@@ -39,7 +39,7 @@ def test_gate_passes_on_equal_and_fails_on_a_larger_artifact_keeping_the_summary
     document = json.loads(base.read_text())
     for record in document["benchmarks"]:
         extra = record["extra_info"]
-        if record["method"] == "int8-weight":
+        if record["chain"] == "int8-weight":
             extra["size_bytes"] = round(extra["size_bytes"] / 1.05)
         extra["latency_samples_ms"] = [s / 1000 for s in extra["latency_samples_ms"]]
         extra["latency_p50_ms"] /= 1000
@@ -88,7 +88,7 @@ def test_latency_rule_that_too_few_rounds_could_never_fire_is_refused_before_bui
 def test_case_that_passed_in_the_baseline_and_skips_now_is_lost(suite_dir):  # noqa: F811
     base = save_baseline(suite_dir)
     document = json.loads(base.read_text())  # the baseline machine had tiny-gone's weights
-    gone = copy.deepcopy(next(b for b in document["benchmarks"] if b["method"] == "fp32"))
+    gone = copy.deepcopy(next(b for b in document["benchmarks"] if b["chain"] == "fp32"))
     gone.update(name="test_compression[tiny-gone-fp32]", fullname="test_bench.py::test_compression[tiny-gone-fp32]",
                 model="tiny-gone")
     document["benchmarks"].append(gone)

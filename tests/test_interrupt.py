@@ -68,7 +68,7 @@ def test_sigterm_after_the_first_case_keeps_its_record_in_a_sidecar_marked_incom
     document = json.loads((pytester.path / ".compresslab" / "latest.json").read_text())
     assert document["incomplete"] == "interrupted (SIGTERM)"
     [record] = document["benchmarks"]
-    assert (record["method"], record["outcome"]) == ("fp32", "passed")
+    assert (record["chain"], record["outcome"]) == ("fp32", "passed")
     assert record["extra_info"]["metrics"]["accuracy"] > 0.9
     assert "run interrupted (SIGTERM): the sidecar holds the 1 case(s) that finished" in output
     # the journal has served: the sidecar is the run now

@@ -14,14 +14,15 @@ from compresslab.methods.base import StageContext
 from compresslab.methods.dtype import DtypeCast
 from compresslab.pipeline import Pipeline
 from compresslab.tasks import metrics
+from compresslab.results import CaseRecord, CaseResult
 from compresslab.tasks.metrics import METRICS, Metric
 from runfiles import edit, sidecar
 
 
-def case(method, latency_ms, size_mb, **values):
+def case(chain, latency_ms, size_mb, **values):
     """A timed, passing case of model "m" with the given metric values, as the report reads it."""
-    return {"model": "m", "method": method, "outcome": "passed",
-            "extra_info": {"latency_p50_ms": latency_ms, "size_bytes": size_mb * 1e6, "metrics": values}}
+    return CaseRecord(f"test[m-{chain}]", "m", chain, "passed",
+                      CaseResult(latency_p50_ms=latency_ms, size_bytes=int(size_mb * 1e6), metrics=values))
 
 
 def test_every_metric_a_registered_task_declares_is_in_the_table():
@@ -54,7 +55,7 @@ def test_an_unknown_metric_is_refused_where_its_direction_matters_and_shown_by_n
     with pytest.raises(KeyError, match="unknown metric 'bleu'"):  # never ranked on a guessed direction
         pareto.plot_model("m", [case("fp32", 1.0, 1, bleu=0.3)], tmp_path / "m.png")
     assert metrics.label("bleu") == "bleu"
-    assert "bleu 0.3" in report.row({"extra_info": {"metrics": {"bleu": 0.3}}})[3]
+    assert "bleu 0.3" in report.row(case("x", 1.0, 1, bleu=0.3))[3]
 
 
 # --- a lower-is-better metric registered in the table only: every reader must follow it ----------
@@ -95,7 +96,7 @@ def test_compare_rules_labels_and_points_follow_the_table(error_rate):
     text = compare.render(result)
     header = next(line for line in text.splitlines() if "outcome" in line)
     assert re.search(r"\berr\b", header) and "0.1200 +2.00pt !" in text
-    assert "err 0.12" in report.row(result.rows[1].head.as_dict())[3]
+    assert "err 0.12" in report.row(result.rows[1].head)[3]
 
 
 def test_perplexity_rules_keep_to_its_direction_and_unit():

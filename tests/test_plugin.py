@@ -29,7 +29,7 @@ min_recovery = { accuracy = 0.9 }
 """
 
 EXTRA_KEYS = {"size_bytes", "size_zstd_bytes", "bits_per_param", "metrics", "baseline_metrics", "recovery",
-              "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "speedup_vs_baseline", "peak_rss_mb",
+              "latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "speedup_vs_baseline", "peak_rss_mib",
               "build_s", "device", "threads", "libraries", "top1_agreement", "kl_div", "size_ratio"}
 
 
@@ -91,7 +91,7 @@ def test_sidecar_written_with_benchmark_disabled(suite_dir):
     assert len(records) == 2
     for record in records:
         extra = record["extra_info"]
-        assert {"size_bytes", "metrics", "recovery", "peak_rss_mb"} <= set(extra)
+        assert {"size_bytes", "metrics", "recovery", "peak_rss_mib"} <= set(extra)
         assert "latency_p50_ms" not in extra  # nothing was timed: no latency is invented
     assert list(suite_dir.path.glob(".benchmarks/**/*.json")) == []  # pytest-benchmark saved nothing
 
@@ -175,7 +175,7 @@ expected_failure = "tiny int8 cannot beat fp32 by half"
     result.assert_outcomes(passed=1, xfailed=1)
     result.stdout.fnmatch_lines(["*XFAIL*tiny-clf-int8-weight*tiny int8 cannot beat fp32 by half*"])
     sidecar = json.loads((suite_dir.path / ".compresslab" / "latest.json").read_text())
-    record = next(b for b in sidecar["benchmarks"] if b["method"] == "int8-weight")
+    record = next(b for b in sidecar["benchmarks"] if b["chain"] == "int8-weight")
     assert record["outcome"] == "xfailed" and record["expected_failure"] == "tiny int8 cannot beat fp32 by half"
     assert record["extra_info"]["metrics"]["accuracy"] > 0.9  # its values are still recorded
     assert "accuracy" in record["reason"] and "floor" in record["reason"]
@@ -187,7 +187,7 @@ expected_failure = "said to fail, but meets its floors"
     result = run(suite_dir, "-k", "clf", "--compresslab-memory", "off", "-rxX")
     result.assert_outcomes(passed=1, xpassed=1)
     sidecar = json.loads((suite_dir.path / ".compresslab" / "latest.json").read_text())
-    assert {b["method"]: b["outcome"] for b in sidecar["benchmarks"]} == {"fp32": "passed", "int8-weight": "xpassed"}
+    assert {b["chain"]: b["outcome"] for b in sidecar["benchmarks"]} == {"fp32": "passed", "int8-weight": "xpassed"}
 
 
 def test_known_failure_worse_than_its_reference_fails_for_real(suite_dir):
@@ -223,7 +223,7 @@ def test_nan_or_missing_metric_fails_the_case_naming_metric_and_task(suite_dir, 
                                  "*- micro_f1 is missing: task synthetic-sentiment should have produced it*"])
 
 
-class SlowingSuite:
+class SlowingSession:
     """fp32 blocks of a machine that gets 2x slower while the case runs (10 ms, then 20 ms)."""
 
     def __init__(self):
@@ -236,14 +236,17 @@ class SlowingSuite:
 
 
 def test_speedup_divides_the_fp32_blocks_around_the_case_and_records_the_drift():
-    from compresslab.plugin import Case
+    from compresslab.fixture import Case
+    from compresslab.results import CaseResult
     from compresslab.trackers.latency import LatencyStats
 
-    suite = SlowingSuite()
-    case = Case(suite, spec=None, chain_id="int8-weight", measurement=None, baseline=None)
-    before = suite.baseline_block(None, None)
+    session = SlowingSession()
+    case = Case(session, spec=None, chain_id="int8-weight", measurement=object(), baseline=object(),
+                result=CaseResult())
+    before = session.baseline_block(None, None)
     # the case is 2x faster than fp32 throughout while the machine slows linearly: 5.5 -> 9.5 ms
-    result = case.speedup(LatencyStats(tuple(0.0055 + 0.0004 * i for i in range(11))), before)
-    assert result["baseline_drift"] == pytest.approx(1.0)
-    assert result["speedup_vs_baseline"] == pytest.approx(2.0)  # fp32 15 ms at the midpoint, case 7.5 ms
-    assert suite.blocks == []
+    case.record_speedup(LatencyStats(tuple(0.0055 + 0.0004 * i for i in range(11))), before)
+    assert case.result.baseline_drift == pytest.approx(1.0)
+    assert case.result.speedup_vs_baseline == pytest.approx(2.0)  # fp32 15 ms at the midpoint, case 7.5 ms
+    assert case.result.baseline_latency_p50_ms == pytest.approx(15.0)
+    assert session.blocks == []

@@ -8,7 +8,7 @@ from runfiles import edit, sidecar, write
 
 
 def records(document):
-    return [r.as_dict() for r in runs.from_document(document, "run.json").records.values()]
+    return list(runs.from_document(document, "run.json").records.values())
 
 
 def test_dominated_points():

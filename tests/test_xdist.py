@@ -34,7 +34,7 @@ registry.MODELS["tiny-gone"] = registry.MODELS["tiny-clf"]
 
 def sidecar(pytester):
     data = json.loads((pytester.path / ".compresslab" / "latest.json").read_text())
-    return {b["method"]: b["extra_info"] for b in data["benchmarks"]}
+    return {b["chain"]: b["extra_info"] for b in data["benchmarks"]}
 
 
 def test_two_phase_parallel_build_then_serial_timing(pytester):

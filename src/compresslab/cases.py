@@ -21,8 +21,10 @@ from compresslab.floors import recovery
 from compresslab.models.runner import TorchRunner, count_params, load_runner
 from compresslab.models.spec import ModelSpec
 from compresslab.pipeline import BuiltArtifact, Pipeline, library_versions, progress
+from compresslab.results import CaseResult, stage_entry
 from compresslab.tasks.base import Task
 from compresslab.trackers import fidelity, memory_probe, size, sparsity
+from compresslab.trackers.memory import MemoryStats
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ class Measurement:
     runner: TorchRunner | None
     metrics: dict[str, float]
     reference_logits: torch.Tensor | None = field(repr=False, default=None)
-    info: dict[str, Any] = field(default_factory=dict)
+    result: CaseResult = field(default_factory=CaseResult)  # what is measured without timing
 
     def release(self) -> None:
         """Drop the loaded model (and with it the memory) once the case is done."""
@@ -160,33 +162,29 @@ class CaseRunner:
                                        self.device, self.threads, self.reeval, label=f"{spec.id}-{chain_id}")
         measurement = Measurement(spec.id, chain_id, artifact, runner, evaluation.metrics,
                                   evaluation.reference_logits)
-        measurement.info.update(self._static_info(spec, artifact, runner, evaluation.details))
-        measurement.info.update(metrics_cached=evaluation.cached, metrics_measured_at=evaluation.measured_at)
+        self._record_untimed(measurement.result, spec, artifact, runner)
+        measurement.result.metrics = dict(evaluation.metrics)
+        measurement.result.task_details = evaluation.details
+        measurement.result.metrics_cached, measurement.result.metrics_measured_at = evaluation.cached, \
+            evaluation.measured_at
         return measurement
 
-    def _static_info(self, spec: ModelSpec, artifact: BuiltArtifact, runner: TorchRunner,
-                     details: dict) -> dict[str, Any]:
-        stats = size.measure_dir(artifact.path)
-        info = stats.as_extra_info(self.baseline_params(spec, artifact))
-        info.update({
-            "model": spec.id,
-            "method": artifact.chain_id,
-            "stages": [{"name": s.name, "key": s.key, "built_now": s.built_now, "build_s": s.build_s,
-                        **({"records": s.records} if s.records and s.name != "base" else {})}
-                       for s in artifact.stages],
-            "build_s": artifact.build_s,
-            "train_s": training_seconds(artifact),
-            "baseline_build_s": artifact.stages[0].build_s,
-            "artifact_key": artifact.entry.key,
-            "task_details": details,
-            "runtime": runner.settings,  # threads (and precision) each runtime ran with
-        })
+    def _record_untimed(self, result: CaseResult, spec: ModelSpec, artifact: BuiltArtifact,
+                        runner: TorchRunner) -> None:
+        """Size, build, sparsity and memory: everything of the case but its quality and timings."""
+        result.add_size(size.measure_dir(artifact.path), self.baseline_params(spec, artifact))
+        result.stages = [stage_entry(stage) for stage in artifact.stages]
+        result.build_s, result.baseline_build_s = artifact.build_s, artifact.stages[0].build_s
+        result.train_s = training_seconds(artifact)
+        result.artifact_key = artifact.entry.key
+        result.runtime = runner.settings  # threads (and precision) each runtime ran with
         if runner.model is not None:  # exported graphs have no torch module to inspect
-            info.update(sparsity.sparsity_info(runner.model))
+            result.sparsity = sparsity.block_sparsity(runner.model)
+            result.n_params = sparsity.parameter_count(runner.model)
         if self.memory == "subprocess":
-            info.update(memory_probe.probe_in_child(artifact.path, artifact.base.payload, spec.kind, self.device,
-                                                  self.timed_inputs(spec, runner), self.threads))
-        return info
+            result.add_memory(MemoryStats(**memory_probe.probe_in_child(
+                artifact.path, artifact.base.payload, spec.kind, self.device, self.timed_inputs(spec, runner),
+                self.threads)))
 
     def baseline_params(self, spec: ModelSpec, artifact: BuiltArtifact) -> int:
         if spec.id not in self._params:
@@ -200,15 +198,12 @@ class CaseRunner:
         return self._baselines[spec.id]
 
     @staticmethod
-    def versus_baseline(measurement: Measurement, baseline: Measurement) -> dict[str, Any]:
-        info: dict[str, Any] = {
-            "baseline_metrics": dict(baseline.metrics),
-            "recovery": {m: recovery(m, v, baseline.metrics[m]) for m, v in measurement.metrics.items()
-                         if m in baseline.metrics},
-            "size_ratio": measurement.info["size_bytes"] / baseline.info["size_bytes"],
-            "baseline_size_bytes": baseline.info["size_bytes"],
-        }
+    def versus_baseline(measurement: Measurement, baseline: Measurement, result: CaseResult) -> None:
+        """Into ``result``: the case's quality and size relative to the run's fp32 baseline."""
+        result.baseline_metrics = dict(baseline.metrics)
+        result.recovery = {m: recovery(m, v, baseline.metrics[m]) for m, v in measurement.metrics.items()
+                           if m in baseline.metrics}
+        result.size_ratio = measurement.result.size_bytes / baseline.result.size_bytes
+        result.baseline_size_bytes = baseline.result.size_bytes
         if measurement.reference_logits is not None and baseline.reference_logits is not None:
-            info.update(fidelity.compare_logits(baseline.reference_logits, measurement.reference_logits)
-                        .as_extra_info())
-        return info
+            result.add_fidelity(fidelity.compare_logits(baseline.reference_logits, measurement.reference_logits))

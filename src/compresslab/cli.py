@@ -98,7 +98,7 @@ def print_cases(registry, book, family_of: dict[str, str]) -> None:
 def cmd_build(args: argparse.Namespace) -> int:
     from compresslab import cache, device, registry
     from compresslab.pipeline import Pipeline
-    from compresslab.plugin import default_cache_dir
+    from compresslab.session import default_cache_dir
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cache_dir = Path(args.cache_dir or default_cache_dir())
@@ -120,7 +120,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from compresslab import report, report_html, runs
 
     run = runs.load(args.run)
-    records = [record.as_dict() for record in run.records.values()]
+    records = list(run.records.values())
     written = report_html.write(records, Path(args.out), run.describe())
     if args.format == "markdown":
         print(report_html.render_markdown(records, run.describe()))

@@ -27,13 +27,25 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from compresslab.report import BASELINE_ROW
-from compresslab.runs import Record, Run, RunError
+from compresslab.results import CaseRecord
+from compresslab.runs import Run, RunError
 from compresslab.tasks.metrics import METRICS, label, lookup
 
 ALPHA = 0.05
-# fields every record may have (beside its task metrics), with their column titles
-GENERIC_FIELDS = {"size": "size MB", "latency": "p50 ms", "speedup": "speedup", "memory": "memory MB",
+# fields every record may have (beside its task metrics), with their column titles and where the
+# record holds them (the *_speedup fields are the second workload's ratios to the same run's fp32)
+GENERIC_FIELDS = {"size": "size MB", "latency": "p50 ms", "speedup": "speedup", "memory": "memory MiB",
                   "b16": "b16 ms", "decode": "decode tok/s", "b16_speedup": "b16 x", "decode_speedup": "decode x"}
+FIELD_VALUES = {
+    "size": lambda r: r.size_bytes,
+    "latency": lambda r: r.latency_p50_ms,
+    "speedup": lambda r: r.speedup_vs_baseline,
+    "memory": lambda r: r.cuda_peak_mib or r.peak_rss_mib,  # what the device the case ran on holds
+    "b16": lambda r: r.latency_b16_p50_ms,
+    "decode": lambda r: r.decode_tokens_per_s,
+    "b16_speedup": lambda r: r.speedup_b16_vs_baseline,
+    "decode_speedup": lambda r: r.decode_speedup_vs_baseline,
+}
 # shown only when a rule names them; the *_speedup fields are the second workload's same-run ratios
 OPTIONAL_FIELDS = ("memory", "b16", "decode", "b16_speedup", "decode_speedup")
 SAMPLED = {"latency", "speedup"}
@@ -68,6 +80,13 @@ class Rule:
         """``amount``: a threshold other than the rule's own (one learned from history)."""
         limit = self.amount if amount is None else amount
         return self.direction * self.change(base, head) > limit + 1e-12
+
+
+def field_value(record: CaseRecord, name: str) -> float | None:
+    """The number a rule field names (a generic field or a task metric), or None when the record has none."""
+    if name in FIELD_VALUES:
+        return FIELD_VALUES[name](record.result)
+    return record.metrics.get(name)
 
 
 def valid_fields(*runs: Run) -> list[str]:
@@ -193,7 +212,7 @@ def shift_test(base: tuple[float, ...], head: tuple[float, ...], worse: str = "g
                      (base_a.size, head_a.size))
 
 
-def _samples(record: Record, name: str) -> tuple[float, ...] | None:
+def _samples(record: CaseRecord, name: str) -> tuple[float, ...] | None:
     """Rounds for a sampled field: latency as stored; speedup as latency over the run's own fp32 p50,
     so a slower machine (every case slower alike) does not move it."""
     samples = record.samples_ms
@@ -201,7 +220,7 @@ def _samples(record: Record, name: str) -> tuple[float, ...] | None:
         return None
     if name == "latency":
         return samples
-    reference = record.extra.get("baseline_latency_p50_ms")
+    reference = record.result.baseline_latency_p50_ms
     return tuple(s / reference for s in samples) if reference else None
 
 
@@ -251,9 +270,9 @@ class Delta:
                 f"({self.change_text()}; rule {self.rule.text}{f', {detail}' if detail else ''})")
 
 
-def field_delta(name: str, base: Record, head: Record, rule: Rule | None, alpha: float,
+def field_delta(name: str, base: CaseRecord, head: CaseRecord, rule: Rule | None, alpha: float,
                 spread: Spread | None = None) -> Delta:
-    before, after = base.value(name), head.value(name)
+    before, after = field_value(base, name), field_value(head, name)
     if not (_finite(before) and _finite(after)):
         return _unusable_delta(name, before, after, rule, head.outcome in PASSING)
     test = _shift_test(name, base, head, rule)
@@ -282,7 +301,7 @@ def _unusable_delta(name: str, before: float | None, after: float | None, rule: 
     return Delta(name, before, after, rule, regression=broken, note=note)
 
 
-def _shift_test(name: str, base: Record, head: Record, rule: Rule | None) -> ShiftTest | None:
+def _shift_test(name: str, base: CaseRecord, head: CaseRecord, rule: Rule | None) -> ShiftTest | None:
     base_samples, head_samples = _samples(base, name), _samples(head, name)
     if not (base_samples and head_samples):
         return None
@@ -319,7 +338,7 @@ def run_to_run_spread(runs: Sequence[Run]) -> dict[tuple[str, str], Spread]:
     for run in runs:
         for name, record in run.records.items():
             for timing in TIMING_FIELDS:
-                value = record.value(timing)
+                value = field_value(record, timing)
                 if record.outcome in PASSING and _finite(value) and value > 0:
                     values.setdefault((name, timing), []).append(value)
     return {key: Spread(max(found) / min(found) - 1, len(found)) for key, found in values.items()}
@@ -341,12 +360,13 @@ def distinct_runs(candidates: Iterable[Run], exclude: Sequence[Run]) -> list[Run
 
 def _fingerprint(run: Run) -> set[tuple[str, float]]:
     """Medians measured to the microsecond never repeat across sessions; equal ones are one session."""
-    return {(name, r.value("latency")) for name, r in run.records.items() if _finite(r.value("latency"))}
+    latency = {name: field_value(record, "latency") for name, record in run.records.items()}
+    return {(name, value) for name, value in latency.items() if _finite(value)}
 
 
 # --- rows and the comparison ----------------------------------------------------------------------
 
-def lost_case(base: Record | None, head: Record | None, allow_missing: bool = False) -> str | None:
+def lost_case(base: CaseRecord | None, head: CaseRecord | None, allow_missing: bool = False) -> str | None:
     """Why a case that passed in base did not pass in head, or None. Skipped and missing cases can be
     accepted (``allow_missing``: a smaller matrix, a machine without the package); failures cannot."""
     if base is None or base.outcome not in PASSING:
@@ -362,9 +382,9 @@ def lost_case(base: Record | None, head: Record | None, allow_missing: bool = Fa
 class Row:
     name: str
     model: str
-    method: str
-    base: Record | None
-    head: Record | None
+    chain: str
+    base: CaseRecord | None
+    head: CaseRecord | None
     deltas: dict[str, Delta] = field(default_factory=dict)
     lost: str | None = None  # set by compare(): why a passing case is lost in head
 
@@ -408,10 +428,10 @@ def compare(base: Run, head: Run, rules: list[Rule], alpha: float = ALPHA, allow
     spreads = run_to_run_spread([base, *earlier]) if history else {}
     rows = []
     every = {**base.records, **head.records}
-    for name in sorted(every, key=lambda n: (every[n].model, every[n].method != BASELINE_ROW, every[n].method)):
+    for name in sorted(every, key=lambda n: (every[n].model, every[n].chain != BASELINE_ROW, every[n].chain)):
         before, after = base.records.get(name), head.records.get(name)
         either = every[name]
-        row = Row(name, either.model, either.method, before, after, lost=lost_case(before, after, allow_missing))
+        row = Row(name, either.model, either.chain, before, after, lost=lost_case(before, after, allow_missing))
         if before and after:
             shown = ["latency", "speedup", "size", *(f for f in OPTIONAL_FIELDS if f in by_rule),
                      *dict.fromkeys([*before.metrics, *after.metrics])]
@@ -465,7 +485,7 @@ def _powerless_notes(comparison: Comparison) -> list[str]:
     for row in comparison.rows:
         for delta in row.deltas.values():
             if delta.powerless:
-                groups.setdefault(delta.test.rounds, []).append(f"{row.model}-{row.method} {delta.field}")
+                groups.setdefault(delta.test.rounds, []).append(f"{row.model}-{row.chain} {delta.field}")
     return [f"note: {n} vs {m} rounds: the rank test cannot reject at alpha {comparison.alpha:g} (smallest p "
             f"{smallest_p_value(n, m):.2g}); decided by threshold and interval only: {', '.join(names)}"
             for (n, m), names in groups.items()]
@@ -488,20 +508,20 @@ def render(comparison: Comparison, list_regressions: bool = True) -> str:
         rows = [row for row in comparison.rows if row.model == model]
         fields = list(dict.fromkeys(f for row in rows for f in row.deltas))
         header = ("method", "outcome", *(GENERIC_FIELDS.get(f, label(f)) for f in fields), "verdict")
-        body = [(row.method, _outcome(row), *(_cell(row.deltas.get(f)) for f in fields),
+        body = [(row.chain, _outcome(row), *(_cell(row.deltas.get(f)) for f in fields),
                  "REGRESSION" if row.regressions else "") for row in rows]
         lines += [model, *("  " + line for line in format_table(header, body)), ""]
     lines.append("values are head's, changes are head vs base; ! marks the value that broke a rule")
     regressions = comparison.regressions
     for row, message in regressions if list_regressions else ():
-        lines.append(f"REGRESSION {row.model} {row.method}: {message}")
+        lines.append(f"REGRESSION {row.model} {row.chain}: {message}")
     lines += _powerless_notes(comparison)
     counts = {status: sum(row.status == status for row in comparison.rows) for status in ("both", "new", "missing")}
     summary = f"{counts['both']} compared, {counts['new']} new, {counts['missing']} missing"
     if regressions:
         fields: dict[str, list[str]] = {}
         for row, message in regressions:
-            fields.setdefault(f"{row.model}-{row.method}", []).append(message.split()[0])
+            fields.setdefault(f"{row.model}-{row.chain}", []).append(message.split()[0])
         names = ", ".join(f"{name} ({', '.join(found)})" for name, found in fields.items())
         lines.append(f"{len(regressions)} regression{'s' * (len(regressions) != 1)} ({summary}): {names}")
     else:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from compresslab.results import CaseRecord
 from compresslab.tasks.metrics import Metric, lookup
 
 MAX_PANELS = 2
@@ -35,14 +35,14 @@ def front_2d(xs: Sequence[float], ys: Sequence[float], higher_is_better: bool) -
 MEETS_FLOORS, BELOW_FLOORS = ("passed", "xpassed"), ("failed", "xfailed")
 
 
-def plottable(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def plottable(records: list[CaseRecord]) -> list[CaseRecord]:
     """Cases with a latency, a size and metrics (a timed run; not skipped, not errored)."""
-    return [r for r in records if r.get("outcome") in (*MEETS_FLOORS, *BELOW_FLOORS) and
-            {"latency_p50_ms", "size_bytes", "metrics"} <= set(r.get("extra_info", {}))]
+    return [r for r in records if r.outcome in (*MEETS_FLOORS, *BELOW_FLOORS) and
+            None not in (r.result.latency_p50_ms, r.result.size_bytes, r.result.metrics)]
 
 
-def panel_metrics(records: list[dict[str, Any]]) -> list[str]:
-    names = dict.fromkeys(m for r in records for m in r["extra_info"]["metrics"])
+def panel_metrics(records: list[CaseRecord]) -> list[str]:
+    names = dict.fromkeys(m for r in records for m in r.metrics)
     return list(names)[:MAX_PANELS]
 
 
@@ -50,7 +50,7 @@ def _marker_area(size_mb: float, largest_mb: float) -> float:
     return 30 + 600 * size_mb / largest_mb
 
 
-def plot_model(model: str, records: list[dict[str, Any]], out: Path) -> Path | None:
+def plot_model(model: str, records: list[CaseRecord], out: Path) -> Path | None:
     """One PNG per model, one panel per task metric (at most two); None when nothing was timed.
     A metric the metric table does not know is a KeyError: it would be ranked on a guessed direction."""
     import matplotlib
@@ -63,10 +63,10 @@ def plot_model(model: str, records: list[dict[str, Any]], out: Path) -> Path | N
         return None
     metrics = [lookup(name) for name in panel_metrics(cases)]  # before a figure opens
     fig, axes = plt.subplots(1, len(metrics), figsize=(7.5 * len(metrics), 7.0), squeeze=False)
-    largest = max(r["extra_info"]["size_bytes"] for r in cases) / 1e6
-    shape = cases[0]["extra_info"].get("latency_input_shape")
+    largest = max(r.result.size_bytes for r in cases) / 1e6
+    shape = cases[0].result.latency_input_shape
     for ax, metric in zip(axes[0], metrics):
-        _panel(ax, [r for r in cases if metric.name in r["extra_info"]["metrics"]], metric, largest, shape)
+        _panel(ax, [r for r in cases if metric.name in r.metrics], metric, largest, shape)
     fig.suptitle(f"{model}: task metric vs latency (marker area = size on disk)", fontsize=13)
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
     _legend(fig, axes[0][0], largest)
@@ -76,13 +76,12 @@ def plot_model(model: str, records: list[dict[str, Any]], out: Path) -> Path | N
     return out
 
 
-def _panel(ax, cases: list[dict[str, Any]], metric: Metric, largest_mb: float, shape) -> None:
-    extra = [r["extra_info"] for r in cases]
-    xs = [e["latency_p50_ms"] for e in extra]
-    ys = [e["metrics"][metric.name] for e in extra]
-    sizes = [e["size_bytes"] / 1e6 for e in extra]
+def _panel(ax, cases: list[CaseRecord], metric: Metric, largest_mb: float, shape) -> None:
+    xs = [r.result.latency_p50_ms for r in cases]
+    ys = [r.metrics[metric.name] for r in cases]
+    sizes = [r.result.size_bytes / 1e6 for r in cases]
     higher = metric.higher_is_better
-    passed = [r.get("outcome") in MEETS_FLOORS for r in cases]
+    passed = [r.outcome in MEETS_FLOORS for r in cases]
     # dominated in all three: another configuration is as fast, as good and as small, and better in one
     points = [(x, -y if higher else y, s) for x, y, s in zip(xs, ys, sizes)]
     ranked = [i for i, ok in enumerate(passed) if ok]  # a case below its floor is not an option
@@ -100,7 +99,7 @@ def _panel(ax, cases: list[dict[str, Any]], metric: Metric, largest_mb: float, s
             ax.scatter(x, y, s=area, facecolors="none", edgecolors="grey", linewidths=1.2, zorder=2)
         else:
             ax.scatter(x, y, s=area, color="tab:blue", alpha=0.75, edgecolors="black", linewidths=0.6, zorder=3)
-    labels = [r["method"] + ("" if ok else " (below floor)") for r, ok in zip(cases, passed)]
+    labels = [r.chain + ("" if ok else " (below floor)") for r, ok in zip(cases, passed)]
     _log_if_wide(ax.xaxis, xs, ax.set_xscale)
     if not higher:  # perplexities of broken configurations run into the thousands
         _log_if_wide(ax.yaxis, ys, ax.set_yscale)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from compresslab.results import CaseRecord, CaseResult
 from compresslab.tasks.metrics import label
 
-COLUMNS = ("model", "method", "result", "metrics", "recovery", "top-1 agree", "size MB", "size x", "zstd MB", "sparsity", "p50 ms",
-           "speedup", "b16 ms", "b16 x", "decode tok/s", "decode x")
+COLUMNS = ("model", "method", "result", "metrics", "recovery", "top-1 agree", "size MB", "size x", "zstd MB",
+           "sparsity", "p50 ms", "speedup", "b16 ms", "b16 x", "decode tok/s", "decode x")
 
 
 def _num(value: Any, fmt: str) -> str:
@@ -17,40 +18,43 @@ def _num(value: Any, fmt: str) -> str:
     return format(value, fmt)
 
 
-def _metrics(extra: dict[str, Any]) -> str:
-    text = "  ".join(f"{label(k)} {v:.4g}" for k, v in extra.get("metrics", {}).items())
-    return f"{text} *" if text and extra.get("metrics_cached") else text
+def _metrics(result: CaseResult) -> str:
+    text = "  ".join(f"{label(k)} {v:.4g}" for k, v in (result.metrics or {}).items())
+    return f"{text} *" if text and result.metrics_cached else text
 
 
-def _recovery(extra: dict[str, Any]) -> str:
-    recovery = extra.get("recovery") or {}
+def _recovery(result: CaseResult) -> str:
+    recovery = result.recovery or {}
     return " ".join(f"{v:.1%}" for v in recovery.values()) if recovery else "-"
 
 
-def row(record: dict[str, Any]) -> tuple[str, ...]:
-    extra = record.get("extra_info", {})
-    result = record.get("outcome", "?")
-    if record.get("reason") and result != "passed":
-        result = f"{result}: {record['reason']}"[:60]
-    ratio = extra.get("size_ratio")
+def _mb(size_bytes: int | None) -> float | None:
+    return None if size_bytes is None else size_bytes / 1e6
+
+
+def row(record: CaseRecord) -> tuple[str, ...]:
+    r = record.result
+    result = record.outcome
+    if record.reason and result != "passed":
+        result = f"{result}: {record.reason}"[:60]
     return (
-        record.get("model", "?"),
-        record.get("method", "?"),
+        record.model,
+        record.chain,
         result,
-        _metrics(extra) or "-",
-        _recovery(extra),
+        _metrics(r) or "-",
+        _recovery(r),
         # how often the fp32 model's answer is kept: recovery near 100% can hide changed answers
-        _num(extra.get("top1_agreement"), ".1%"),
-        _num(extra.get("size_bytes", 0) / 1e6 if "size_bytes" in extra else None, ".1f"),
-        _num(1 / ratio if ratio else None, ".2f"),
-        _num(extra["size_zstd_bytes"] / 1e6 if "size_zstd_bytes" in extra else None, ".1f"),
-        _num(extra.get("sparsity"), ".0%"),
-        _num(extra.get("latency_p50_ms"), ".2f"),
-        _num(extra.get("speedup_vs_baseline"), ".2f"),
-        _num(extra.get("latency_b16_p50_ms"), ".2f"),
-        _num(extra.get("speedup_b16_vs_baseline"), ".2f"),
-        _num(extra.get("decode_tokens_per_s"), ".1f"),
-        _num(extra.get("decode_speedup_vs_baseline"), ".2f"),
+        _num(r.top1_agreement, ".1%"),
+        _num(_mb(r.size_bytes), ".1f"),
+        _num(1 / r.size_ratio if r.size_ratio else None, ".2f"),
+        _num(_mb(r.size_zstd_bytes), ".1f"),
+        _num(r.sparsity, ".0%"),
+        _num(r.latency_p50_ms, ".2f"),
+        _num(r.speedup_vs_baseline, ".2f"),
+        _num(r.latency_b16_p50_ms, ".2f"),
+        _num(r.speedup_b16_vs_baseline, ".2f"),
+        _num(r.decode_tokens_per_s, ".1f"),
+        _num(r.decode_speedup_vs_baseline, ".2f"),
     )
 
 
@@ -67,16 +71,19 @@ SPARSE = 0.2  # sparsity from which a row's zeros are worth a note on how they a
 BASELINE_ROW = "fp32"  # registry.BASELINE_METHOD; not imported, so reports load without torch
 
 
-def render_table(records: list[dict[str, Any]]) -> str:
+def by_model(records: list[CaseRecord]) -> list[CaseRecord]:
+    """Grouped by model, its baseline first, then the methods in the order given."""
+    return sorted(records, key=lambda r: (r.model, r.chain != BASELINE_ROW))
+
+
+def render_table(records: list[CaseRecord]) -> str:
     """A fixed-width table; "size x" and "speedup" are how many times smaller / faster than fp32."""
-    # grouped by model, its baseline first, then the methods in the order the run measured them
-    ordered = sorted(records, key=lambda r: (r.get("model", ""), r.get("method") != BASELINE_ROW))
-    lines = format_table(COLUMNS, [row(r) for r in ordered])
-    if any((r.get("extra_info", {}).get("sparsity") or 0) >= SPARSE for r in records):
+    lines = format_table(COLUMNS, [row(r) for r in by_model(records)])
+    if any((r.result.sparsity or 0) >= SPARSE for r in records):
         lines.append(f"Rows at {SPARSE:.0%}+ sparsity store and run their zeros dense: they are no smaller on disk and "
                      "no faster on dense kernels; only the zstd size shows what the zeros save in transfer. "
                      "Structured pruning and distillation remove weights for real.")
-    if any(r.get("extra_info", {}).get("metrics_cached") for r in records):
+    if any(r.result.metrics_cached for r in records):
         lines.append("* metrics read from the evaluation cache: same artifact bytes, data, libraries, device and "
                      "threads as when measured; --compresslab-reeval re-measures. Size, memory and latency are "
                      "always measured in this run.")

@@ -7,9 +7,9 @@ import base64
 import html
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from compresslab import pareto, report
+from compresslab.results import CaseRecord
 
 MARKDOWN, HTML = "report.md", "report.html"
 
@@ -21,14 +21,14 @@ class Written:
     plots: dict[str, Path]
 
 
-def _by_model(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    models: dict[str, list[dict[str, Any]]] = {}
-    for record in sorted(records, key=lambda r: (r.get("model", ""), r.get("method") != report.BASELINE_ROW)):
-        models.setdefault(record.get("model", "?"), []).append(record)
+def _by_model(records: list[CaseRecord]) -> dict[str, list[CaseRecord]]:
+    models: dict[str, list[CaseRecord]] = {}
+    for record in report.by_model(records):
+        models.setdefault(record.model, []).append(record)
     return models
 
 
-def markdown_table(records: list[dict[str, Any]]) -> str:
+def markdown_table(records: list[CaseRecord]) -> str:
     rows = [report.row(r) for r in _by_model(records).values() for r in r]
     escape = str.maketrans({"|": "\\|"})
     lines = ["| " + " | ".join(report.COLUMNS) + " |", "|" + "---|" * len(report.COLUMNS)]
@@ -40,7 +40,7 @@ def _run_line(source: str) -> str:
     return f"run: {source}. size x and speedup: times smaller / faster than fp32 in the same run."
 
 
-def render_markdown(records: list[dict[str, Any]], source: str, plots: dict[str, Path] | None = None) -> str:
+def render_markdown(records: list[CaseRecord], source: str, plots: dict[str, Path] | None = None) -> str:
     parts = ["# compresslab report", "", _run_line(source), "", markdown_table(records)]
     for model, path in (plots or {}).items():
         parts += ["", f"![{model}: task metric vs latency]({path.name})"]
@@ -52,7 +52,7 @@ table{border-collapse:collapse;font-size:13px;margin:1em 0}th,td{border:1px soli
 th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}.failed{color:#b00}.skipped{color:#888}"""
 
 
-def render_html(records: list[dict[str, Any]], source: str, plots: dict[str, Path]) -> str:
+def render_html(records: list[CaseRecord], source: str, plots: dict[str, Path]) -> str:
     body = [f"<h1>compresslab report</h1><p>{html.escape(_run_line(source))}</p>"]
     for model, rows in _by_model(records).items():
         body.append(f"<h2>{html.escape(model)}</h2>")
@@ -63,14 +63,14 @@ def render_html(records: list[dict[str, Any]], source: str, plots: dict[str, Pat
             body.append("<p>no plot: no case of this model was timed (e.g. a pytest-xdist or "
                         "--benchmark-disable run)</p>")
         header = "".join(f"<th>{html.escape(c)}</th>" for c in report.COLUMNS)
-        cells = ["<tr class=\"{}\">{}</tr>".format(html.escape(r.get("outcome", "")), "".join(
+        cells = ["<tr class=\"{}\">{}</tr>".format(html.escape(r.outcome), "".join(
             f"<td>{html.escape(c)}</td>" for c in report.row(r))) for r in rows]
         body.append(f"<table><tr>{header}</tr>{''.join(cells)}</table>")
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>compresslab report</title>"
             f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n")
 
 
-def write(records: list[dict[str, Any]], out_dir: Path, source: str) -> Written:
+def write(records: list[CaseRecord], out_dir: Path, source: str) -> Written:
     """Writes report.md, report.html and pareto-<model>.png into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = {}

@@ -3,7 +3,7 @@
 A run is either pytest-benchmark's JSON (``.benchmarks/<machine>/NNNN_<commit>_<time>.json``,
 compresslab's fields in each benchmark's ``extra_info``) or compresslab's sidecar
 (``.compresslab/runs/*.json``, ``.compresslab/latest.json``), which also holds the skipped and
-failed cases. Both become a :class:`Run` of :class:`Record` keyed by benchmark name.
+failed cases. Both become a :class:`Run` of :class:`results.CaseRecord` keyed by benchmark name.
 """
 
 from __future__ import annotations
@@ -13,27 +13,18 @@ import glob
 import os
 import re
 import reprlib
-import sys
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from compresslab import results
+from compresslab.results import CaseRecord, Malformed
 
 BENCHMARKS_DIR = ".benchmarks"
 RESULTS_DIR = ".compresslab"
 RUN_NUMBER = re.compile(r"^\d{1,4}$")
 
-# the second timed workload of a case (trackers/workloads.py): rule field -> extra_info key; the
-# *_speedup fields are its ratios to the same run's fp32 on the same workload
-SECOND_WORKLOAD_KEYS = {"b16": "latency_b16_p50_ms", "decode": "decode_tokens_per_s",
-                        "b16_speedup": "speedup_b16_vs_baseline", "decode_speedup": "decode_speedup_vs_baseline"}
-# extra_info numbers that compare, report and the Pareto plots do arithmetic on; null means absent
-NUMBER_FIELDS = ("size_bytes", "size_zstd_bytes", "size_ratio", "sparsity", "top1_agreement", "latency_p50_ms",
-                 "speedup_vs_baseline", "baseline_latency_p50_ms", "peak_rss_mb", "cuda_peak_mb",
-                 *SECOND_WORKLOAD_KEYS.values())
-NUMBER_MAPS = ("metrics", "recovery")  # objects of name -> number
 _SHORT = reprlib.Repr()
 _SHORT.maxstring = _SHORT.maxother = 60
 
@@ -42,51 +33,11 @@ class RunError(ValueError):
     """A run that cannot be found or read: bad input (exit 2), never a regression."""
 
 
-class _Malformed(ValueError):
-    """A field of one benchmark that is not the shape compare and report read; from_document adds
-    the file and the benchmark."""
-
-
-@dataclass(frozen=True)
-class Record:
-    name: str
-    model: str
-    method: str
-    outcome: str
-    extra: dict[str, Any] = field(repr=False)
-    reason: str | None = None
-    samples_ms: tuple[float, ...] | None = field(default=None, repr=False)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The sidecar's record shape, which report.py renders."""
-        return {"name": self.name, "model": self.model, "method": self.method, "outcome": self.outcome,
-                "reason": self.reason, "extra_info": self.extra}
-
-    @property
-    def metrics(self) -> dict[str, float]:
-        return dict(self.extra.get("metrics") or {})
-
-    def value(self, name: str) -> float | None:
-        """The number a rule field names, or None when this record has none."""
-        extra = self.extra
-        if name == "size":
-            return extra.get("size_bytes")
-        if name == "latency":
-            return extra.get("latency_p50_ms")
-        if name == "speedup":
-            return extra.get("speedup_vs_baseline")
-        if name == "memory":
-            return extra.get("cuda_peak_mb") or extra.get("peak_rss_mb")
-        if name in SECOND_WORKLOAD_KEYS:
-            return extra.get(SECOND_WORKLOAD_KEYS[name])
-        return self.metrics.get(name)
-
-
 @dataclass(frozen=True)
 class Run:
     path: Path
     kind: str  # "pytest-benchmark" or "sidecar"
-    records: dict[str, Record]
+    records: dict[str, CaseRecord]
     commit: str | None = None
     branch: str | None = None
     created: str | None = None
@@ -173,12 +124,9 @@ def last_build_times(runs_dir: Path) -> dict[tuple[str, str], tuple[float, float
         except RunError:
             continue
         for record in run.records.values():
-            stages = [stage for stage in record.extra.get("stages") or [] if isinstance(stage, dict)]
-            seconds = [stage.get("build_s") for stage in stages]
-            if stages and all(isinstance(s, (int, float)) for s in seconds):
-                base = sum(s for stage, s in zip(stages, seconds) if stage.get("name") == "base")
-                found.setdefault((record.model, record.method),
-                                 (float(sum(seconds) - base), float(base), path.stem.split("_")[0]))
+            seconds = results.stage_build_seconds(record.result.stages or [])
+            if seconds is not None:
+                found.setdefault((record.model, record.chain), (*seconds, path.stem.split("_")[0]))
     return found
 
 
@@ -205,17 +153,17 @@ def from_document(document: Any, path: Path) -> Run:
         if not isinstance(bench, dict):
             raise RunError(f"{path}: benchmark #{index} is {_show(bench)}, not an object")
         try:
-            record = _sidecar_record(bench) if is_sidecar else _benchmark_record(bench)
-        except _Malformed as err:
+            record = _record(bench, is_sidecar)
+        except Malformed as err:
             raise RunError(f"{path}: {_label(index, bench)}: {err}") from None
         if record is not None:
             records[record.name] = record
     if not records:
         raise RunError(f"{path}: no compresslab benchmarks in it")
     try:
-        commit = _object(document, "commit_info")
-        ids = [_string(commit, key, required=False) for key in ("commit", "id", "branch")]
-    except _Malformed as err:
+        commit = results.object_field(document, "commit_info")
+        ids = [results.string_field(commit, key, required=False) for key in ("commit", "id", "branch")]
+    except Malformed as err:
         raise RunError(f"{path}: commit_info: {err}") from None
     incomplete = document.get("incomplete")
     return Run(path, "sidecar" if is_sidecar else "pytest-benchmark", records, commit=ids[0] or ids[1],
@@ -233,59 +181,11 @@ def _benchmarks(document: Any, path: Path) -> list[Any]:
     return benchmarks
 
 
-def _sidecar_record(bench: dict[str, Any]) -> Record | None:
-    if "model" not in bench:
-        return None
-    extra = _checked_extra(bench)
-    name, model, method = (_string(bench, key) for key in ("name", "model", "method"))
-    outcome, reason = (_string(bench, key, required=False) for key in ("outcome", "reason"))
-    return Record(name, model, method, outcome or "?", extra, reason, _samples(extra))
-
-
-def _benchmark_record(bench: dict[str, Any]) -> Record | None:
-    if "model" not in _object(bench, "extra_info"):  # a benchmark that is not a compresslab case
-        return None
-    extra = _checked_extra(bench)
-    stats = _object(bench, "stats")
-    median = _number(stats.get("median"), "stats.median")
-    _numbers(stats, "data", "stats.data")
-    if "latency_p50_ms" not in extra and median is not None:
-        extra["latency_p50_ms"] = 1e3 * median
-    violations = extra.get("floor_violations") or []
-    outcome = extra.get("outcome") or ("failed" if violations else "passed")
-    return Record(_string(bench, "name"), _string(extra, "model"), _string(extra, "method"), outcome, extra,
-                  "; ".join(violations) or None, _samples(extra, stats))
-
-
-def _samples(extra: dict[str, Any], stats: dict[str, Any] | None = None) -> tuple[float, ...] | None:
-    samples = extra.get("latency_samples_ms")
-    if samples:
-        return tuple(float(s) for s in samples)
-    data = (stats or {}).get("data")  # pytest-benchmark --benchmark-save-data: seconds per round
-    return tuple(1e3 * float(s) for s in data) if data else None
-
-
-# --- the shape of one benchmark: what compare, report and the plots read --------------------------
-
-def _checked_extra(bench: dict[str, Any]) -> dict[str, Any]:
-    """A copy of extra_info whose numbers are numbers. A null number is dropped: absent and null
-    mean the same to compare, and the report formats what is there."""
-    extra = dict(_object(bench, "extra_info"))
-    for key in NUMBER_FIELDS:
-        if _number(extra.get(key), key) is None:
-            extra.pop(key, None)
-    for key in NUMBER_MAPS:
-        if extra.get(key) is None:
-            extra.pop(key, None)
-            continue
-        values = _object(extra, key).items()
-        extra[key] = {name: value for name, value in values if _number(value, f"{key}.{name}") is not None}
-    _numbers(extra, "latency_samples_ms")
-    for key in ("model", "method", "outcome"):
-        _string(extra, key, required=False)
-    _list(extra, "floor_violations", str)
-    _list(extra, "latency_input_shape")
-    return extra
+def _record(bench: dict[str, Any], is_sidecar: bool) -> CaseRecord | None:
+    """The case a benchmark holds; None for a benchmark that is not a compresslab case."""
+    if is_sidecar:
+        return CaseRecord.from_sidecar(bench) if "model" in bench else None
+    return CaseRecord.from_benchmark(bench) if results.is_case(results.object_field(bench, "extra_info")) else None
 
 
 def _show(value: Any) -> str:
@@ -298,50 +198,3 @@ def _label(index: int, bench: dict[str, Any]) -> str:
     if name is None:
         return f"benchmark #{index}"
     return f"benchmark #{index} ({_show(name)[1:-1] if isinstance(name, str) else _show(name)})"
-
-
-def _object(container: dict[str, Any], key: str) -> dict[str, Any]:
-    """An object field; {} when absent or null."""
-    value = container.get(key)
-    if value is not None and not isinstance(value, dict):
-        raise _Malformed(f"{key} is {_show(value)}, not an object")
-    return value or {}
-
-
-def _string(container: dict[str, Any], key: str, required: bool = True) -> str | None:
-    value = container.get(key)
-    if value is None and not required:
-        return None
-    if key not in container:
-        raise _Malformed(f"no {key!r}")
-    if not isinstance(value, str):
-        raise _Malformed(f"{key} is {_show(value)}, not a string")
-    return value
-
-
-def _list(container: dict[str, Any], key: str, item: type | None = None) -> None:
-    value = container.get(key)
-    if value is not None and not (isinstance(value, list) and all(isinstance(v, item or object) for v in value)):
-        raise _Malformed(f"{key} is {_show(value)}, not a list{f' of {item.__name__}' if item else ''}")
-
-
-def _number(value: Any, what: str) -> Any:
-    """``value`` when it is a number, NaN and inf included (compare has rules for them), or null."""
-    if value is None or isinstance(value, float):
-        return value
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise _Malformed(f"{what} is {_show(value)}, not a number")
-    if abs(value) > sys.float_info.max:  # compare's float arithmetic would overflow
-        raise _Malformed(f"{what} is {_show(value)}, too large a number")
-    return value
-
-
-def _numbers(container: dict[str, Any], key: str, what: str | None = None) -> None:
-    """A list of numbers (latency rounds), or absent or null."""
-    values, what = container.get(key), what or key
-    if values is not None and not isinstance(values, list):
-        raise _Malformed(f"{what} is {_show(values)}, not a list of numbers")
-    for index, value in enumerate(values or ()):
-        if value is None:
-            raise _Malformed(f"{what}[{index}] is None, not a number")
-        _number(value, f"{what}[{index}]")

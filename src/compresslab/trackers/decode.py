@@ -30,15 +30,8 @@ class DecodeStats:
     def median_step_s(self) -> float:
         return statistics.median(self.step_s)
 
-    def as_extra_info(self) -> dict[str, float | int]:
-        return {
-            "decode_ms_per_token_p50": 1e3 * percentile(self.step_s, 50),
-            "decode_ms_per_token_p90": 1e3 * percentile(self.step_s, 90),
-            "decode_tokens_per_s": self.tokens_per_s,
-            "decode_new_tokens": self.new_tokens,
-            "decode_prompt_tokens": self.prompt_tokens,
-            "decode_rounds": len(self.round_s),
-        }
+    def step_percentile(self, q: float) -> float:
+        return percentile(self.step_s, q)
 
 
 def time_decode(runner, prompt_ids: torch.Tensor, new_tokens: int = 16, device: str = "cpu", rounds: int = 5,

@@ -13,8 +13,6 @@ class Fidelity:
     top1_agreement: float
     kl_div: float  # mean KL(baseline || compressed) per position, in nats
 
-    def as_extra_info(self) -> dict[str, float]:
-        return {"top1_agreement": self.top1_agreement, "kl_div": self.kl_div}
 
 
 def compare_logits(baseline: torch.Tensor, compressed: torch.Tensor) -> Fidelity:

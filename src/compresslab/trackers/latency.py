@@ -21,13 +21,6 @@ class LatencyStats:
     def percentile(self, q: float) -> float:
         return percentile(self.samples_s, q)
 
-    def as_ms(self) -> dict[str, float]:
-        return {
-            "latency_p50_ms": 1e3 * self.percentile(50),
-            "latency_p90_ms": 1e3 * self.percentile(90),
-            "latency_p99_ms": 1e3 * self.percentile(99),
-            "latency_rounds": len(self.samples_s),
-        }
 
 
 def percentile(samples: Sequence[float], q: float) -> float:

@@ -24,12 +24,6 @@ class MemoryStats:
     peak_rss_bytes: int
     cuda_peak_bytes: int | None = None
 
-    def as_extra_info(self) -> dict[str, float | None]:
-        return {
-            "peak_rss_mb": self.peak_rss_bytes / 2**20,
-            "rss_delta_mb": (self.peak_rss_bytes - self.rss_before_bytes) / 2**20,
-            "cuda_peak_mb": None if self.cuda_peak_bytes is None else self.cuda_peak_bytes / 2**20,
-        }
 
 
 class _RssSampler(threading.Thread):

@@ -23,13 +23,6 @@ class SizeStats:
             raise ValueError(f"parameter count must be positive, got {n_params}")
         return 8 * self.size_bytes / n_params
 
-    def as_extra_info(self, n_params: int) -> dict[str, float | int]:
-        return {
-            "size_bytes": self.size_bytes,
-            "size_zstd_bytes": self.size_zstd_bytes,
-            "size_mb": self.size_bytes / 1e6,
-            "bits_per_param": self.bits_per_param(n_params),
-        }
 
 
 def zstd_size(path: Path, level: int = ZSTD_LEVEL) -> int:

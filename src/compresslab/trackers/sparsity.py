@@ -56,6 +56,3 @@ def parameter_count(model: nn.Module) -> int:
             total += bias.numel()
     return total + sum(p.numel() for p in model.parameters() if id(p) not in seen)
 
-
-def sparsity_info(model: nn.Module) -> dict[str, float | int | None]:
-    return {"sparsity": block_sparsity(model), "n_params": parameter_count(model)}

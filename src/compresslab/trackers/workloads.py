@@ -1,8 +1,7 @@
 """The second timed workload of each case, beside the batch-1 latency pytest-benchmark times:
 a batch of 16 for a classifier (throughput serving), per-token decode for a causal LM (generation).
-
-Each returns its extra_info fields and the median it is compared on; speedups are against the
-same workload of this run's fp32 baseline.
+Each returns its stats and the median it is compared on; the speedup is against the same
+workload of this run's fp32 baseline (results.CaseResult.add_batch16 / add_decode record them).
 """
 
 from __future__ import annotations
@@ -15,29 +14,35 @@ import torch
 
 from compresslab.trackers import decode, latency
 
-BATCH_SIZE = 16
+BATCH_SIZE = 16  # results.CaseResult names its fields after it (latency_b16_*)
 DECODE_TOKENS = 16
 
 
 @dataclass(frozen=True)
 class WorkloadResult:
-    extra: dict[str, Any]
+    stats: Any  # latency.LatencyStats (batch) or decode.DecodeStats
     median_s: float
-    speedup_key: str
+
+    @property
+    def is_decode(self) -> bool:
+        return isinstance(self.stats, decode.DecodeStats)
+
+    def record(self, result, speedup: float) -> None:
+        """Into ``result`` (results.CaseResult), with its speedup over fp32 on the same workload."""
+        if self.is_decode:
+            result.add_decode(self.stats, speedup)
+        else:
+            result.add_batch16(self.stats, speedup)
 
 
 def batch_latency(runner, inputs: dict[str, torch.Tensor], device: str, rounds: int, warmup: int) -> WorkloadResult:
     stats = latency.time_calls(lambda: runner.logits(inputs), device, rounds=rounds, warmup=warmup)
-    size = inputs["input_ids"].shape[0]
-    ms = stats.as_ms()
-    extra = {f"latency_b{size}_p50_ms": ms["latency_p50_ms"], f"latency_b{size}_p90_ms": ms["latency_p90_ms"],
-             f"latency_b{size}_rounds": ms["latency_rounds"]}
-    return WorkloadResult(extra, stats.median_s, f"speedup_b{size}_vs_baseline")
+    return WorkloadResult(stats, stats.median_s)
 
 
 def decode_latency(runner, prompt_ids: torch.Tensor, device: str, rounds: int) -> WorkloadResult:
     stats = decode.time_decode(runner, prompt_ids, DECODE_TOKENS, device, rounds=rounds, warmup=1)
-    return WorkloadResult(stats.as_extra_info(), stats.median_step_s, "decode_speedup_vs_baseline")
+    return WorkloadResult(stats, stats.median_step_s)
 
 
 def second_workload(runner, batch_inputs: Callable[[int], dict[str, torch.Tensor]], device: str,
