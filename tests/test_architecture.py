@@ -12,6 +12,8 @@ Each check also runs on a small broken package written to tmp_path, so it is sho
 from __future__ import annotations
 
 import ast
+import dataclasses
+import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -155,3 +157,45 @@ def test_the_cycle_check_finds_a_cycle_and_only_an_import_time_one(tmp_path):
 def test_a_function_level_import_alone_is_no_cycle(tmp_path):
     src = write_package(tmp_path, {**BROKEN, "fakepkg/methods/cycle_b.py": "def later():\n    from . import static\n"})
     assert find_cycle(import_graph(src, "fakepkg", module_level_only=True)) is None
+
+
+# --- the result record: one definition of each field, in results.py ----------------------------------
+
+# Field names that are also ordinary words of other structures (a cache key's inputs, a cache
+# manifest, a method's build record, a runtime's settings, a table's column title): a quoted one
+# elsewhere names that structure's key, not the record's field.
+SHARED_WORDS = {"device", "threads", "libraries", "sparsity", "runtime", "metrics", "recovery", "stages", "floors",
+                "build_s", "train_s"}
+
+
+def quoted_field_names(src: Path, names: set[str], record_module: Path) -> list[str]:
+    """``file:line: name`` for every quoted occurrence of one of ``names`` in a source file of
+    ``src`` other than the record's own module."""
+    pattern = re.compile(r"""["'](%s)["']""" % "|".join(map(re.escape, sorted(names))))
+    found = []
+    for path in sorted(src.rglob("*.py")):
+        if path == record_module:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            found += [f"{path.relative_to(src)}:{number}: {match}" for match in pattern.findall(line)]
+    return found
+
+
+def record_field_names() -> set[str]:
+    from compresslab.results import LEGACY_NAMES, CaseResult
+
+    names = {f.name for f in dataclasses.fields(CaseResult)} | set(LEGACY_NAMES) - {"method"}
+    return names - SHARED_WORDS
+
+
+def test_no_result_field_is_named_by_a_string_outside_the_record_module():
+    found = quoted_field_names(SRC, record_field_names(), SRC / PACKAGE / "results.py")
+    assert not found, "result fields named as strings outside results.py (use CaseResult's attributes): " + \
+        "; ".join(found)
+
+
+def test_the_field_name_check_finds_a_dict_key(tmp_path):
+    (tmp_path / "tracker.py").write_text('def info(stats):\n    return {"size_bytes": stats.n, "other": 1}\n')
+    (tmp_path / "results.py").write_text('SIZE = "size_bytes"\n')
+    assert quoted_field_names(tmp_path, record_field_names(), tmp_path / "results.py") == \
+        ["tracker.py:2: size_bytes"]

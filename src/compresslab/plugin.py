@@ -22,6 +22,8 @@ from compresslab.session import DEFAULT_ROUNDS, DEFAULT_WARMUP, STASH_KEY, Compr
 
 log = logging.getLogger("compresslab")
 
+CASE_ID = pytest.StashKey[tuple]()  # on a test item: the (model, chain) its compressed fixture builds
+CASE = pytest.StashKey[Case]()  # on a test item: the Case the fixture yielded
 RECORDS_KEY = "compresslab_records"
 RUN_ID_KEY = "compresslab_run_id"
 TIERS = ("smoke", "default", "full")  # nested, smallest first (matrix.tier_of says which holds a case)
@@ -230,14 +232,14 @@ def compressed(request: pytest.FixtureRequest, compresslab_session: CompresslabS
 
     model_id, chain_id = request.param
     spec = registry.get_model(model_id)
-    request.node._compresslab_case_id = (model_id, chain_id)
+    request.node.stash[CASE_ID] = (model_id, chain_id)
     try:
         compresslab_session.cases.check_available(spec)
         with live_output(request.config):
             case = Case.build(compresslab_session, spec, chain_id, registry.BASELINE_METHOD)
     except (Unavailable, MethodUnsupported) as err:
         pytest.skip(f"{model_id}-{chain_id}: {err}")
-    request.node._compresslab_case = case
+    request.node.stash[CASE] = case
     yield case
     if not case.is_baseline:
         case.measurement.release()
@@ -259,12 +261,12 @@ def live_output(config: pytest.Config):
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
     report = outcome.get_result()
-    case_id = getattr(item, "_compresslab_case_id", None)
+    case_id = item.stash.get(CASE_ID, None)
     if case_id is None or not _is_final(report):
         return
     from compresslab.results import CaseRecord, CaseResult
 
-    case = getattr(item, "_compresslab_case", None)
+    case = item.stash.get(CASE, None)
     result = case.result if case else CaseResult()
     violations = result.floor_violations
     record = CaseRecord(item.name, case_id[0], case_id[1], _outcome(report), result, fullname=item.nodeid,

@@ -29,7 +29,6 @@ def session_of(config: pytest.Config) -> CompresslabSession:
 class Settings:
     cache_dir: Path
     rebuild: bool
-    results_dir: Path
     device: str
     threads: int
     rounds: int
@@ -48,7 +47,6 @@ class Settings:
             settings = cls(
                 cache_dir=Path(option("--compresslab-cache-dir") or default_cache_dir()).expanduser(),
                 rebuild=option("--compresslab-rebuild"),
-                results_dir=results_dir(config),
                 device=device.resolve(option("--compresslab-device"), os.environ.get("PYTEST_XDIST_WORKER")),
                 threads=device.available_cpus() if option("--compresslab-threads") is None
                 else option("--compresslab-threads"),
@@ -131,6 +129,7 @@ class Ending:
 class CompresslabSession:
     def __init__(self, config: pytest.Config, run_id: str, is_worker: bool) -> None:
         self.config, self.run_id, self.is_worker = config, run_id, is_worker
+        self.results_dir = results_dir(config)
         self.gate = None if is_worker else Gate.from_config(config)
         self.records: list[Any] = []  # results.CaseRecord, in the order the cases ended
         self.stop_signal: str | None = None  # "SIGTERM" when a signal stopped the run
@@ -240,7 +239,7 @@ class CompresslabSession:
 
         self.records.append(record)
         process = os.environ.get("PYTEST_XDIST_WORKER", "main")
-        results.append_to_journal(results.journal_path(self.settings.results_dir, self.run_id, process), record)
+        results.append_to_journal(results.journal_path(self.results_dir, self.run_id, process), record)
 
     def add_worker_records(self, documents: list[dict[str, Any]]) -> None:
         """xdist controller: a worker's records, as it handed them over (their JSON form)."""
@@ -273,7 +272,7 @@ class CompresslabSession:
         """Write the sidecar (the journals' records included), drop the journals, run the gate."""
         from compresslab import results
 
-        out = results_dir(self.config)
+        out = self.results_dir
         journals = results.run_journals(out, self.run_id)
         records = self.with_journal_records(results.read_journal(journals))
         if not records:
