@@ -10,6 +10,7 @@ from compresslab.methods.base import MethodUnsupported, StageContext
 from compresslab.methods.int4_weight import Int4WeightOnly
 from compresslab.models.formats import QUANTO_QMAP
 from compresslab.models.loading import load_pretrained
+from compresslab.models.precision import shell_patterns
 from compresslab.models.runner import load_runner
 from tiny import synthetic_examples, tiny_bert_classifier, tiny_llama, tokenizer
 
@@ -59,7 +60,7 @@ def test_causal_lm_reload_equals_in_memory_quantized(tmp_path_factory):
     src, out = build(tmp_path_factory, tiny_llama(train_steps=20, hidden_size=128), "causal-lm")
     inputs = dict(tokenizer()(["the movie was great and happy", "awful sad day"], padding=True, return_tensors="pt"))
     in_memory = QuantizedModelForCausalLM.quantize(load_pretrained(src, "causal-lm", dtype=torch.bfloat16),
-                                                   weights=qint4, exclude=["lm_head"])
+                                                   weights=qint4, exclude=shell_patterns("causal-lm"))
     with torch.no_grad():  # quanto's packed weights refuse inference_mode (see models/runner.py)
         expected = in_memory(**inputs).logits
         reloaded = load_pretrained(out, "causal-lm")(**inputs).logits

@@ -7,7 +7,8 @@ import torch
 
 from compresslab import registry
 from compresslab.methods.base import MethodUnsupported, StageContext
-from compresslab.methods.torchao_static import TorchaoStaticInt8, quantizable_linears
+from compresslab.methods.torchao_static import TorchaoStaticInt8
+from compresslab.models.precision import quantizable_linears
 from compresslab.models.runner import TorchRunner, load_runner
 from compresslab.trackers.fidelity import compare_logits
 from tiny import synthetic_examples, tiny_bert_classifier, tiny_llama, tokenizer
@@ -68,7 +69,7 @@ def test_reload_equals_in_memory_and_keeps_accuracy(tiny_classifier):
 
     # Static: each reloaded weight carries the calibrated activation scale it was quantized with.
     reloaded = dict(reloaded_model.model.named_modules())
-    for name, module in quantizable_linears(model):
+    for name, module in quantizable_linears(model, "classifier"):
         assert module.weight.act_quant_scale.numel() == 1
         torch.testing.assert_close(reloaded[name].weight.act_quant_scale, module.weight.act_quant_scale)
 
@@ -84,7 +85,7 @@ def test_reload_equals_in_memory_and_keeps_accuracy(tiny_classifier):
 def test_linear_weights_are_int8_on_disk(tiny_classifier):
     src, out, model = tiny_classifier
     tensors, fp32 = stored(out), stored(src)
-    linears = [name for name, _ in quantizable_linears(model)]
+    linears = [name for name, _ in quantizable_linears(model, "classifier")]
     assert len(linears) == 2 * 6 + 1  # q, k, v, attention out, intermediate, output per layer; the pooler
     for name in linears:
         assert tensors[f"{name}._weight_qdata"].dtype == torch.int8
@@ -107,7 +108,7 @@ def test_causal_lm_reload_equals_in_memory(tmp_path):
     tiny_llama(train_steps=5).save_pretrained(src)
     tokenizer().save_pretrained(src)
     model = quantize_save(src, out, "causal-lm")
-    assert "lm_head" not in dict(quantizable_linears(model))
+    assert "lm_head" not in dict(quantizable_linears(model, "causal-lm"))
     inputs = dict(tokenizer()(["the movie was great and happy", "awful sad day"], padding=True, return_tensors="pt"))
     in_memory = TorchRunner(model, tokenizer(), "cpu", "causal-lm").logits(inputs)
     torch.testing.assert_close(load_runner(out, src, "causal-lm", "cpu").logits(inputs), in_memory)

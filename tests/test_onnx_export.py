@@ -10,12 +10,14 @@ import torch
 
 from compresslab import registry
 from compresslab.methods.base import MethodUnsupported
-from compresslab.methods.onnx_export import FeedReader, OrtExport, calibration_feeds, nodes_in_modules
-from compresslab.methods.openvino import OpenVinoExport
+from compresslab.methods.onnx_export import (MODEL_FILE, FeedReader, OrtExport, calibration_feeds,
+                                             full_precision_nodes, module_path)
+from compresslab.methods.openvino import OpenVinoExport, full_precision_ops
 from compresslab.models.decoding import greedy
 from compresslab.models.export import export_graph, past_names
 from compresslab.models.graph_runner import RUNTIME_FILE, GraphRunner, write_runtime
 from compresslab.models.loading import save_tokenizer
+from compresslab.models.precision import stays_full_precision
 from compresslab.models.runner import TorchRunner, load_runner
 from compresslab.trackers import decode
 from compresslab.trackers.fidelity import compare_logits
@@ -145,10 +147,9 @@ def test_decode_tracker_times_every_step(decoder):
     runner = load_runner(outs["ort"], base, "causal-lm", "cpu")
     ids = tokenizer()(["the movie was"], return_tensors="pt")["input_ids"]
     stats = decode.time_decode(runner, ids, new_tokens=4, rounds=2)
-    info = stats.as_extra_info()
     assert len(stats.step_s) == 8 and len(stats.round_s) == 2
-    assert info["decode_tokens_per_s"] == pytest.approx(4 / np.median(stats.round_s))
-    assert info["decode_prompt_tokens"] == ids.shape[1]
+    assert stats.tokens_per_s == pytest.approx(4 / np.median(stats.round_s))
+    assert stats.prompt_tokens == ids.shape[1]
     with pytest.raises(ValueError, match="new_tokens"):
         decode.time_decode(runner, ids, new_tokens=0)
 
@@ -163,8 +164,6 @@ def test_calibration_feeds_match_the_graph_inputs(decoder, classifier, tmp_path)
     assert set(feeds[0]) == names
     assert feeds[0]["past.0.key"].shape[2] == 0  # a prefill: empty cache
     assert feeds[0]["position_ids"][0].tolist() == list(range(feeds[0]["input_ids"].shape[1]))
-    down = nodes_in_modules(graph, ("down_proj",))  # kept fp32 by the decoder's int8 graphs
-    assert len(down) == model.config.num_hidden_layers and nodes_in_modules(graph, ()) == []
     reader = FeedReader(feeds)
     assert [reader.get_next() is not None for _ in range(4)] == [True, True, True, False]
     cbase, cmodel, _ = classifier
@@ -172,6 +171,78 @@ def test_calibration_feeds_match_the_graph_inputs(decoder, classifier, tmp_path)
     export_graph(cmodel, "classifier", tokenizer(), cgraph)
     cfeeds = calibration_feeds(cgraph, stage_context(cbase, "classifier"), 2)
     assert set(cfeeds[0]) == {"input_ids", "attention_mask", "token_type_ids"}
+
+
+def rule_kept_linears(model, kind, also=()) -> set[str]:
+    return {name for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and stays_full_precision(name, kind, also)}
+
+
+def test_full_precision_nodes_are_the_linears_the_rule_keeps(decoder, classifier, tmp_path):
+    _, model, outs = decoder
+    kept = full_precision_nodes(outs["ort"] / MODEL_FILE, "causal-lm", ("down_proj",))
+    # the decoder is exported inside a wrapper whose attribute "model" holds the LM
+    expected = {"lm_head", "model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"}
+    assert {module_path(node).removeprefix("model.") for node in kept} == expected
+    assert rule_kept_linears(model, "causal-lm", ("down_proj",)) == expected
+    _, cmodel, couts = classifier
+    assert {module_path(node) for node in full_precision_nodes(couts["ort"] / MODEL_FILE, "classifier")} == \
+        rule_kept_linears(cmodel, "classifier") == {"classifier"}
+
+
+def test_a_graph_without_module_paths_cannot_apply_the_rule(classifier, tmp_path):
+    import onnx
+
+    graph = onnx.load(str(classifier[2]["ort"] / MODEL_FILE))
+    for node in graph.graph.node:
+        del node.metadata_props[:]
+    onnx.save(graph, str(tmp_path / MODEL_FILE))
+    with pytest.raises(ValueError, match="no MatMul/Gemm node traced inside the task head"):
+        full_precision_nodes(tmp_path / MODEL_FILE, "classifier")
+
+
+def ort_weight_source(graph_path, node_names) -> tuple[str, str]:
+    """(op type, producer of the weight input: "initializer" or the producing op) of the node
+    carrying one of ``node_names`` (ORT renames a Gemm it rewrites as MatMul + Add)."""
+    import onnx
+
+    graph = onnx.load(str(graph_path)).graph
+    producers = {output: node.op_type for node in graph.node for output in node.output}
+    node = next(node for node in graph.node if node.name in node_names)
+    return node.op_type, producers.get(node.input[1], "initializer")
+
+
+@pytest.mark.parametrize("method_id", ["ort-int8", "ort-int8-static"])
+def test_int8_graphs_keep_the_head_in_fp32(classifier, decoder, method_id):
+    _, _, couts = classifier
+    head = {"node_linear_13", "node_linear_13_MatMul"}  # the classifier's Gemm, as exported and as ORT rewrites it
+    assert {node.name for node in full_precision_nodes(couts["ort"] / MODEL_FILE, "classifier")} == {"node_linear_13"}
+    assert ort_weight_source(couts[method_id] / MODEL_FILE, head)[1] == "initializer"  # fp32 classifier.weight
+    pooler = ort_weight_source(couts[method_id] / MODEL_FILE, {"node_linear_12_MatMul_quant", "node_linear_12"})
+    assert pooler in [("MatMulInteger", "initializer"), ("Gemm", "DequantizeLinear")]  # the pooler is int8
+    _, _, outs = decoder
+    for node in full_precision_nodes(outs["ort"] / MODEL_FILE, "causal-lm", OrtExport().decoder_fp32_modules):
+        op, weight = ort_weight_source(outs[method_id] / MODEL_FILE, {node.name})
+        assert op == "MatMul", f"{module_path(node)} was quantized"
+        # a tied lm_head reads the embedding's tensor, stored as the embedding is (int8 under dynamic int8)
+        assert weight in (("initializer",) if "down_proj" in module_path(node) else ("Transpose", "DequantizeLinear"))
+
+
+def test_openvino_int8_keeps_the_head_in_fp32(classifier):
+    import openvino as ov
+
+    _, _, outs = classifier
+    graph = outs["ort"] / MODEL_FILE
+    head = full_precision_ops(ov.convert_model(str(graph)), graph, "classifier")
+    assert len(head) == 1
+    quantized = {op.get_friendly_name(): op for op in ov.Core().read_model(outs["ov-int8"] / "model.xml").get_ops()
+                 if op.get_type_name() == "MatMul"}
+
+    def fake_quantized(op) -> bool:
+        return any(op.input(i).get_source_output().get_node().get_type_name() == "FakeQuantize" for i in range(2))
+
+    assert not fake_quantized(quantized[head[0]])
+    assert sum(fake_quantized(op) for op in quantized.values()) >= 12  # every encoder Linear and the pooler
 
 
 def test_config_checks_and_unsupported_devices(tmp_path):

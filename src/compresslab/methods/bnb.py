@@ -11,10 +11,8 @@ import torch
 
 from compresslab.methods.base import Method, StageContext
 from compresslab.models.loading import load_pretrained
+from compresslab.models.precision import full_precision_names
 
-# Heads stay in full precision: a 3-way classifier head is tiny, and 4-bit-quantizing it costs
-# accuracy for no size (bitsandbytes also cannot 4-bit a layer whose width is not a block multiple).
-KEEP_FULL_PRECISION = {"classifier": ["classifier", "pre_classifier", "score"], "causal-lm": ["lm_head"]}
 QUANT_TYPES = ("nf4", "fp4")
 
 
@@ -40,7 +38,8 @@ class BitsAndBytesQuant(Method):
     def quantization_config(self, kind: str):
         from transformers import BitsAndBytesConfig
 
-        skip = KEEP_FULL_PRECISION[kind]
+        # the one full-precision rule (models/precision.py), as transformers' skip list
+        skip = full_precision_names(kind)
         if self.bits == 8:
             return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=self.quant_type,

@@ -18,11 +18,10 @@ import torch
 from compresslab.methods.base import Method, MethodUnsupported, StageContext
 from compresslab.models.formats import QUANTO_QMAP, quanto_class
 from compresslab.models.loading import load_pretrained
+from compresslab.models.precision import full_precision_names, shell_patterns
 
 GROUP_SIZES = (32, 64, 128)
 QUANTO_GROUP_SIZE = 128  # fixed by optimum-quanto for qint4 (smaller only where in_features needs it)
-# The task head stays in full precision: it is tiny, and a 4-bit head costs most of the accuracy.
-KEEP_FULL_PRECISION = {"classifier": ("classifier",), "causal-lm": ("lm_head",)}
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,8 @@ class Int4WeightOnly(Method):
         from optimum.quanto import qint4
 
         model = load_pretrained(src, ctx.kind, dtype=self.torch_dtype)
-        quantized = quanto_class(ctx.kind).quantize(model, weights=qint4, exclude=list(KEEP_FULL_PRECISION[ctx.kind]))
+        # the one full-precision rule (models/precision.py), as quanto's exclude patterns
+        quantized = quanto_class(ctx.kind).quantize(model, weights=qint4, exclude=shell_patterns(ctx.kind))
         quantized.save_pretrained(out)  # before any forward pass (see methods/base.py)
         if not (out / QUANTO_QMAP).is_file():
             raise RuntimeError(f"optimum-quanto wrote no {QUANTO_QMAP} to {out}: the checkpoint could not be reloaded")
@@ -72,7 +72,7 @@ class Int4WeightOnly(Method):
         from transformers import TorchAoConfig
 
         config = TorchAoConfig(Int4WeightOnlyConfig(group_size=self.group_size),
-                               modules_to_not_convert=list(KEEP_FULL_PRECISION[ctx.kind]))
+                               modules_to_not_convert=full_precision_names(ctx.kind))
         model = load_pretrained(src, ctx.kind, dtype=self.torch_dtype, quantization_config=config,
                                 device_map=ctx.device)
         model.save_pretrained(out)

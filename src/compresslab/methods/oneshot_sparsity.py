@@ -20,18 +20,22 @@ from compresslab.methods.base import Method, StageContext
 from compresslab.methods.pruning import mark_semi_structured
 from compresslab.methods.training import write_record
 from compresslab.models.loading import load_pretrained, load_tokenizer
+from compresslab.models.precision import ignore_regexes
+from compresslab.models.spec import ModelKind
 from compresslab.models.structure import block_linears
 
 ALGORITHMS = ("sparsegpt", "wanda")
 MASK_STRUCTURES = ("0:0", "2:4")  # llm-compressor's spelling: 0:0 is unstructured
 
 
-def _modifier(algorithm: str, sparsity: float, mask_structure: str):
+def _modifier(algorithm: str, sparsity: float, mask_structure: str, kind: ModelKind):
     from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
 
     modifier = SparseGPTModifier if algorithm == "sparsegpt" else WandaPruningModifier
-    # the output projection is tied to the embedding in small LMs and is not a block layer
-    return modifier(sparsity=sparsity, mask_structure=mask_structure, targets=["Linear"], ignore=["re:.*lm_head"])
+    # the one full-precision rule (models/precision.py): the head (a small LM ties its lm_head to
+    # the embedding) stays dense
+    return modifier(sparsity=sparsity, mask_structure=mask_structure, targets=["Linear"],
+                    ignore=ignore_regexes(kind))
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ class OneShotSparsity(Method):
         # from a directory, so llm-compressor can read the config back from model.name_or_path
         model = load_pretrained(src, ctx.kind, dtype=torch.float32, device_map=ctx.device if on_gpu else None)
         oneshot(model=model, dataset=dataset, processor=tokenizer,
-                recipe=[_modifier(self.algorithm, self.sparsity, self.mask_structure)],
+                recipe=[_modifier(self.algorithm, self.sparsity, self.mask_structure, ctx.kind)],
                 num_calibration_samples=len(texts), max_seq_length=self.seq_len, shuffle_calibration_samples=False)
         model.save_pretrained(out)
         # llm-compressor writes its recipe beside the weights: a build record, not part of the model

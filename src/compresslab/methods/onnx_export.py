@@ -4,6 +4,7 @@ the task's training data. The artifact is the .onnx file as shipped; its size is
 
 from __future__ import annotations
 
+import ast
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -17,11 +18,14 @@ from compresslab.models.backends import OrtBackend
 from compresslab.models.export import OPSET, export_graph
 from compresslab.models.graph_runner import GraphRunner, write_runtime
 from compresslab.models.loading import load_pretrained, load_tokenizer
+from compresslab.models.precision import stays_full_precision
+from compresslab.models.spec import ModelKind
 
 log = logging.getLogger(__name__)
 
 QUANTIZATIONS = (None, "dynamic-int8", "static-int8")
 MODEL_FILE = "model.onnx"
+WEIGHT_OPS = ("MatMul", "Gemm")  # the ops a Linear exports to, whose weights a quantizer converts
 # ORT's calibrator keeps every calibrated activation of every sample in memory until the end:
 # for SmolLM2 about 190 MB per 128-token sample
 CALIBRATION_MAX_TOKENS = {"classifier": 128, "causal-lm": 128}
@@ -59,20 +63,37 @@ def without_shape_hints(source: Path, target: Path) -> None:
     onnx.save(graph, str(target))
 
 
-def nodes_in_modules(graph: Path, module_names: tuple[str, ...]) -> list[str]:
-    """Names of the graph's MatMul nodes that the dynamo exporter traced inside a module whose
-    name ends with one of ``module_names`` (its node metadata keeps the module path)."""
+def module_path(node) -> str:
+    """Qualified name of the innermost module the dynamo exporter traced ``node`` in ('' outside
+    any): its metadata lists the module paths from the root, then the op's own name."""
+    scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+    names = ast.literal_eval(scopes) if scopes else []
+    return names[-2] if len(names) >= 2 else ""
+
+
+def full_precision_nodes(graph: Path, kind: ModelKind, also: tuple[str, ...] = ()) -> list:
+    """The graph's weight nodes (MatMul, Gemm) traced inside a module that the one full-precision
+    rule keeps (models/precision.py). Every model has a head, so finding none means the graph
+    lost the module paths the rule needs: an error, never a silently quantized head.
+
+    A head tied to the embedding (SmolLM2's lm_head) reads the embedding's tensor through a
+    Transpose: its MatMul stays in full precision, its weight is stored as the embedding's is."""
     import onnx
 
-    if not module_names:
-        return []
     model = onnx.load(str(graph), load_external_data=False)
-    found = []
-    for node in model.graph.node:
-        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
-        if node.op_type == "MatMul" and any(f".{name}'" in scopes for name in module_names):
-            found.append(node.name)
-    return found
+    kept = [node for node in model.graph.node
+            if node.op_type in WEIGHT_OPS and stays_full_precision(module_path(node), kind, also)]
+    if not kept:
+        raise ValueError(f"{graph.name}: no MatMul/Gemm node traced inside the task head; the exporter "
+                         "recorded no module paths, so the full-precision rule cannot be applied")
+    return kept
+
+
+def ort_node_names(nodes) -> list[str]:
+    """Names for ORT's ``nodes_to_exclude``: dynamic quantization first rewrites each Gemm as
+    "<name>_MatMul" plus "<name>_Add" and matches the exclusions against the new names."""
+    return [name for node in nodes
+            for name in ((node.name, f"{node.name}_MatMul") if node.op_type == "Gemm" else (node.name,))]
 
 
 def quantize_dynamic_int8(source: Path, target: Path, weight_matmuls_only: bool, exclude: list[str]) -> None:
@@ -121,9 +142,10 @@ class OrtExport(Method):
     quantization: str | None = None
     calibration_samples: int = 32  # static-int8 only: texts of the task's training split
     weight_matmuls_only: bool = True  # dynamic-int8: quantize MatMuls with a weight operand only
-    # Decoders keep these layers in fp32. Their inputs (the SwiGLU products) carry outliers that
-    # one int8 scale per tensor cannot hold: on SmolLM2 dynamic int8 of every MatMul gave
-    # perplexity 38.05 (fp32 21.53); with the 30 MLP down-projections in fp32, 23.06.
+    # Decoders keep these layers in fp32 besides the task head (the full-precision rule's ``also``).
+    # Their inputs (the SwiGLU products) carry outliers that one int8 scale per tensor cannot hold:
+    # on SmolLM2 dynamic int8 of every MatMul gave perplexity 38.05 (fp32 21.53); with the 30 MLP
+    # down-projections in fp32, 23.06.
     decoder_fp32_modules: tuple[str, ...] = ("down_proj",)
     family: ClassVar[str] = "ort"
     requires_packages: ClassVar[tuple[str, ...]] = ("onnxruntime", "onnxscript")
@@ -145,7 +167,8 @@ class OrtExport(Method):
             with tempfile.TemporaryDirectory(prefix="compresslab-onnx-") as tmp:
                 fp32 = Path(tmp) / MODEL_FILE
                 export_to(src, ctx, fp32)
-                exclude = nodes_in_modules(fp32, self.decoder_fp32_modules) if ctx.kind == "causal-lm" else []
+                also = self.decoder_fp32_modules if ctx.kind == "causal-lm" else ()
+                exclude = ort_node_names(full_precision_nodes(fp32, ctx.kind, also))
                 if self.quantization == "dynamic-int8":
                     quantize_dynamic_int8(fp32, target, self.weight_matmuls_only, exclude)
                 else:

@@ -28,6 +28,7 @@ from transformers import TorchAoConfig
 
 from compresslab.methods.base import Method, MethodUnsupported, StageContext
 from compresslab.models.loading import load_pretrained, load_tokenizer
+from compresslab.models.precision import quantizable_linears
 
 WEIGHT_GRANULARITIES = ("per-row", "per-tensor")
 INT8_MAX = 127
@@ -37,8 +38,9 @@ INT8_MAX = 127
 class TorchaoStaticInt8(Method):
     """int8 weights and int8 activations with calibrated per-tensor static scales (symmetric).
 
-    Every nn.Linear of the base model (encoder or decoder trunk) is quantized; the task head
-    (``classifier``, ``lm_head``) stays in full precision, as do the embeddings.
+    Every nn.Linear the one full-precision rule converts (models/precision.py) is quantized and
+    calibrated: the task head (``classifier``, ``lm_head``) stays in full precision, as do the
+    embeddings (not Linears).
     """
 
     calibration_samples: int = 128
@@ -82,7 +84,8 @@ class TorchaoStaticInt8(Method):
                 absmax[name] = torch.maximum(absmax[name], peak) if name in absmax else peak
             return hook
 
-        handles = [module.register_forward_pre_hook(record(name)) for name, module in quantizable_linears(model)]
+        handles = [module.register_forward_pre_hook(record(name))
+                   for name, module in quantizable_linears(model, ctx.kind)]
         tokenizer = load_tokenizer(ctx.base_dir)
         try:
             with torch.inference_mode():
@@ -130,11 +133,4 @@ class CalibratedTorchAoConfig(TorchAoConfig):
         return TorchAoConfig(self.recorded, modules_to_not_convert=self.modules_to_not_convert,
                              include_input_output_embeddings=self.include_input_output_embeddings,
                              untie_embedding_weights=self.untie_embedding_weights).to_dict()
-
-
-def quantizable_linears(model: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
-    """The base model's Linears: the task head (classifier, lm_head) lies outside it and stays in full precision."""
-    prefix = f"{model.base_model_prefix}."
-    return [(name, module) for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear) and name.startswith(prefix)]
 
