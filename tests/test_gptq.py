@@ -119,11 +119,11 @@ def test_awq_group_that_does_not_divide_the_layers_is_a_skip_reason(tiny_lm):
     GPTQ(group_size=48).check_shapes(tiny_lm)  # GPTQ quantizes partial groups; its CPU reload pins torch kernels
 
 
-def test_a_crashing_quantizer_child_is_a_readable_error(tmp_path):
-    import sys
+def test_a_failing_quantizer_child_is_a_readable_error(tmp_path):
+    from compresslab.child_process import ChildProcessFailed, run_module
 
-    from compresslab.methods.gptq import _run_child
-
-    crash = "import sys, os; print('ValueError: bad shape', file=sys.stderr); sys.stderr.flush(); os._exit(1)"
-    with pytest.raises(RuntimeError, match=r"gptq quantization of tiny failed \(exit code 1\).*\n  ValueError: bad shape"):
-        _run_child([sys.executable, "-c", crash], "gptq quantization of tiny", cwd=str(tmp_path))
+    # the stage's child entry point, run as apply() runs it, on a job file that is not there
+    with pytest.raises(ChildProcessFailed, match=r"gptq quantization of tiny failed \(exit code 1\); its last output:\n"
+                                                 r"(  .*\n)*  FileNotFoundError: .*job\.pkl"):
+        run_module("compresslab.methods.gptq", [str(tmp_path / "job.pkl")], what="gptq quantization of tiny",
+                   cwd=tmp_path, show_output=True)

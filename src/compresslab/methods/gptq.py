@@ -5,20 +5,22 @@ through its gptqmodel integration, the path a user would take (models/formats.py
 kernels on CPU). On CPU, quantization runs in bfloat16 with the torch kernels (GPTQ_TORCH /
 AWQ_TORCH); on CUDA gptqmodel picks its kernels.
 
-Quantization runs in a child process: on any error in a worker thread gptqmodel prints the
-traceback and calls os._exit(1), which would end the whole pytest session with no summary. In a
-child, the error becomes this stage's failure, with the child's last lines in its message.
+Quantization runs in a child process (compresslab.child_process): on any error in a worker
+thread gptqmodel prints the traceback and calls os._exit(1), which would end the whole pytest
+session with no summary. In a child, the error becomes this stage's failure, with the child's
+last lines in its message.
+
+gptqmodel quantizes the decoder blocks, and the lm_head only when asked: the one full-precision
+rule (models/precision.py) sets that flag.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 import os
 import pickle
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -26,13 +28,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from compresslab.child_process import run_module
 from compresslab.methods.base import Method, MethodUnsupported, StageContext
 from compresslab.models.loading import load_tokenizer
+from compresslab.models.precision import stays_full_precision
 from compresslab.models.spec import TOKENIZER_DIR
 
 # Files gptqmodel writes beside the weights that belong to the tokenizer, not the model.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "vocab.json", "merges.txt", "vocab.txt")
+
+
+def quantizes_lm_head() -> bool:
+    """gptqmodel's ``lm_head`` flag, from the full-precision rule (which keeps the head)."""
+    return not stays_full_precision("lm_head", "causal-lm")
 
 
 def cpu_workers_default(threads: int) -> None:
@@ -90,8 +99,10 @@ class GPTQModelQuant(Method):
         with tempfile.TemporaryDirectory(prefix=".gptq-job-", dir=out.parent) as tmp:
             job_file = Path(tmp) / "job.pkl"
             job_file.write_bytes(pickle.dumps(job))
-            _run_child([sys.executable, "-m", "compresslab.methods.gptq", str(job_file)],
-                       f"{self.algorithm} quantization of {ctx.model_id}", cwd=tmp)
+            # No timeout: its length grows with the model and the machine; its progress shows as it comes.
+            # cwd: gptqmodel writes a logs/ folder into the working directory, kept out of the user's tree.
+            run_module("compresslab.methods.gptq", [str(job_file)], cwd=tmp, show_output=True,
+                       what=f"{self.algorithm} quantization of {ctx.model_id}")
 
     def quantize_here(self, src: Path, out: Path, tokenizer_base: Path, device: str,
                       calibration: list[dict[str, list[int]]]) -> None:
@@ -106,19 +117,6 @@ class GPTQModelQuant(Method):
             model.quantize(calibration, batch_size=1, tokenizer=load_tokenizer(tokenizer_base), backend=backend)
             model.save(str(out))  # before any forward pass (see methods/base.py)
         _move_tokenizer_files(out)
-
-
-def _run_child(command: list[str], what: str, cwd: str) -> None:
-    """Run command, passing its stderr through live; on failure raise with its last lines."""
-    tail: collections.deque[str] = collections.deque(maxlen=12)
-    # cwd: gptqmodel writes a logs/ folder into the working directory; keep it out of the user's tree
-    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, errors="replace", cwd=cwd) as child:
-        for line in child.stderr:
-            sys.stderr.write(line)
-            if line.strip():
-                tail.append(line.rstrip())
-    if child.returncode != 0:
-        raise RuntimeError(f"{what} failed (exit code {child.returncode}); its last output:\n  " + "\n  ".join(tail))
 
 
 def _child_main(job_file: str) -> None:
@@ -169,7 +167,7 @@ class GPTQ(GPTQModelQuant):
         # gptqmodel 7 enables act_group_aware by default, which conflicts with desc_act=True.
         return QuantizeConfig(bits=self.bits, group_size=self.group_size, sym=self.sym, desc_act=self.desc_act,
                               act_group_aware=not self.desc_act, damp_percent=self.damp_percent,
-                              method=METHOD.GPTQ, format=FORMAT.GPTQ)
+                              method=METHOD.GPTQ, format=FORMAT.GPTQ, lm_head=quantizes_lm_head())
 
 
 @dataclass(frozen=True)
@@ -194,7 +192,7 @@ class AWQ(GPTQModelQuant):
         from gptqmodel.quantization import FORMAT, METHOD
 
         return QuantizeConfig(bits=self.bits, group_size=self.group_size, sym=self.sym,
-                              method=METHOD.AWQ, format=FORMAT.GEMM)
+                              method=METHOD.AWQ, format=FORMAT.GEMM, lm_head=quantizes_lm_head())
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ peak RSS (and CUDA allocator peak).
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -17,8 +16,13 @@ from typing import Any
 
 import torch
 
+from compresslab.child_process import TAIL_LINES, ChildProcessFailed, run_module
 
-def main(argv: list[str]) -> dict[str, float | None]:
+
+def main(argv: list[str]) -> dict[str, int | None]:
+    """The probe process: MemoryStats of loading the artifact and one inference, as a dict."""
+    import dataclasses
+
     artifact, base, kind, device, inputs_path, threads = argv
     torch.set_num_threads(int(threads))
     from compresslab.models.runner import load_runner
@@ -28,31 +32,40 @@ def main(argv: list[str]) -> dict[str, float | None]:
     before_load = current_rss()
     runner = load_runner(Path(artifact), Path(base), kind, device)
     stats = measure_peak(lambda: runner.logits(inputs), device=device, rss_before=before_load)
-    info = stats.as_extra_info()
     # the high-water mark also covers load-time peaks the sampler may miss
     high_water = own_peak_rss()
     if high_water is not None:
-        info["peak_rss_mb"] = max(info["peak_rss_mb"], high_water / 2**20)
-    info["rss_delta_mb"] = info["peak_rss_mb"] - before_load / 2**20
-    return info
+        stats = dataclasses.replace(stats, peak_rss_bytes=max(stats.peak_rss_bytes, high_water))
+    return dataclasses.asdict(stats)
+
+
+# A probe loads one artifact and runs one inference; far longer means it hangs (a stuck thread pool).
+PROBE_TIMEOUT_S = 1800
 
 
 def probe_in_child(artifact: Path, base: Path, kind: str, device: str,
-                              inputs: dict[str, torch.Tensor], threads: int) -> dict[str, Any]:
+                   inputs: dict[str, torch.Tensor], threads: int) -> dict[str, Any]:
     """Peak RSS of a fresh process that loads the artifact and runs one timed-shape inference.
 
     A separate process is what a deployment pays, and keeps this pass off the timed loop.
     """
+    what = f"memory probe of {artifact}"
     with tempfile.TemporaryDirectory(prefix="compresslab-mem-") as tmp:
         inputs_path = Path(tmp) / "inputs.pt"
         torch.save(inputs, inputs_path)
-        command = [sys.executable, "-m", "compresslab.trackers.memory_probe", str(artifact), str(base), kind,
-                   device, str(inputs_path), str(threads)]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"memory probe failed for {artifact}: {tail[0]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        stdout = run_module("compresslab.trackers.memory_probe",
+                            [str(artifact), str(base), kind, device, str(inputs_path), str(threads)],
+                            what=what, timeout=PROBE_TIMEOUT_S)
+    return last_line_json(stdout, what)
+
+
+def last_line_json(stdout: str, what: str) -> dict[str, Any]:
+    """The JSON object the probe prints as its last line (libraries may print before it)."""
+    lines = stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise ChildProcessFailed(what, "printed no JSON on its last line", lines[-TAIL_LINES:]) from None
 
 
 if __name__ == "__main__":
