@@ -152,6 +152,18 @@ def test_gptqmodel_leaves_the_lm_head_as_the_rule_keeps_it():
     assert AWQ().quantize_config().lm_head is False
 
 
+def test_torchao_int8_leaves_what_the_rule_keeps(tmp_path):
+    """The torchao rows name the rule's modules themselves instead of leaning on transformers' default."""
+    from compresslab.methods.torchao_quant import TorchaoQuant
+    from tiny import tiny_bert_classifier
+
+    model = tiny_bert_classifier(train_steps=0)
+    src, out = saved(tmp_path / "src", model), tmp_path / "int8"
+    TorchaoQuant(scheme="int8-weight").apply(src, out, StageContext("tiny", "classifier", "cpu", src))
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert config["modules_to_not_convert"] == full_precision_names("classifier")
+
+
 def saved(tmp_path, model) -> Path:
     model.save_pretrained(tmp_path)
     save_tokenizer(tokenizer(), tmp_path)

@@ -10,6 +10,7 @@ import torch
 
 from compresslab.methods.base import Method, StageContext
 from compresslab.models.loading import load_pretrained
+from compresslab.models.precision import full_precision_names
 
 SCHEMES = ("int8-dynamic", "int8-weight")
 
@@ -41,7 +42,8 @@ class TorchaoQuant(Method):
 
         on_gpu = ctx.device.startswith("cuda")
         model = load_pretrained(src, ctx.kind, dtype=torch.bfloat16 if on_gpu else "auto",
-                                quantization_config=TorchAoConfig(_ao_config(self.scheme)),
+                                quantization_config=TorchAoConfig(_ao_config(self.scheme),
+                                                                  modules_to_not_convert=full_precision_names(ctx.kind)),
                                 device_map=ctx.device if on_gpu else None)
         # Save before any forward pass (see methods/base.py).
         model.save_pretrained(out)
