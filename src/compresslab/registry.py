@@ -12,6 +12,7 @@ from compresslab.methods.bnb import BitsAndBytesQuant
 from compresslab.methods.distill import LayerDropDistill
 from compresslab.methods.dtype import Baseline, DtypeCast
 from compresslab.methods.gptq import AWQ, GPTQ
+from compresslab.methods.hqq import HQQ
 from compresslab.methods.int4_weight import Int4WeightOnly
 from compresslab.methods.lowrank import LowRankSVD
 from compresslab.methods.onnx_export import OrtExport
@@ -97,6 +98,8 @@ ROWS: tuple[Row, ...] = (
     Row("gptq-w8g128", GPTQ(bits=8, group_size=128), matrix=False),
     Row("awq-w4g128", AWQ(bits=4, group_size=128), default=LM),
     Row("awq-w4g64", AWQ(bits=4, group_size=64)),  # SmolLM2's 576-wide layers: gptqmodel AWQ needs 576 % group == 0
+    Row("hqq-w4g64", HQQ(bits=4, group_size=64), default=BOTH),
+    Row("hqq-w3g64", HQQ(bits=3, group_size=64), default=BOTH),
     # sparsity and structure
     Row("prune-l1-50", MagnitudePrune(sparsity=0.5, scope="layer")),
     Row("prune-global-50", MagnitudePrune(sparsity=0.5, scope="global")),
