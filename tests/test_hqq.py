@@ -183,15 +183,17 @@ def test_a_checkpoint_missing_a_tensor_fails_to_load(built, tmp_path):
         load_pretrained(damaged, "causal-lm")
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="a fresh process knows only the formats models/formats.py registers itself: the memory "
-                          "probe's child imports no method module, so it finds no model.safetensors to load")
-def test_reloads_in_a_fresh_process(fp32_dirs, built):
+def test_reloads_in_a_fresh_process_that_imports_its_method_module(fp32_dirs, built):
+    from compresslab.child_process import ChildProcessFailed
     from compresslab.trackers.memory_probe import probe_in_child
 
     batch = dict(tokenizer()(["the movie was great"], return_tensors="pt"))
-    memory = probe_in_child(built["causal-lm", 4], fp32_dirs["causal-lm"], "causal-lm", "cpu", batch, 1)
+    memory = probe_in_child(built["causal-lm", 4], fp32_dirs["causal-lm"], "causal-lm", "cpu", batch, 1,
+                            providers=("compresslab.methods.hqq",))
     assert memory["peak_rss_bytes"] > 0
+    # without the module that registers the format, the plain loader refuses it (no random Linears)
+    with pytest.raises(ChildProcessFailed, match="model.safetensors"):
+        probe_in_child(built["causal-lm", 4], fp32_dirs["causal-lm"], "causal-lm", "cpu", batch, 1)
 
 
 def test_an_hqq_input_is_not_quantized_again(built, tmp_path):

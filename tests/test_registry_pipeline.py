@@ -244,3 +244,13 @@ def test_an_edited_model_source_rebuilds_the_baseline_and_what_follows(tmp_path,
     again = Pipeline(ArtifactCache(tmp_path / "cache"), registry.METHODS).build(spec, "bf16", "cpu")
     assert [(s.name, s.built_now) for s in again.stages] == [("base", True), ("bf16", True)]
     assert again.stages[0].key != first.stages[0].key
+
+
+def test_method_modules_name_each_chain_member_s_module_once(tmp_path):
+    """What a fresh process (the memory probe) imports so saved formats registered by methods load."""
+    pipeline = Pipeline(ArtifactCache(tmp_path), registry.METHODS)
+    assert pipeline.method_modules("hqq-w4g64") == ("compresslab.methods.hqq",)
+    assert pipeline.method_modules("distill-half+int8-dynamic+int8-weight") == (
+        "compresslab.methods.distill", "compresslab.methods.torchao_quant")
+    with pytest.raises(KeyError, match="nope"):
+        pipeline.method_modules("fp32+nope")

@@ -131,6 +131,11 @@ class Pipeline:
             progress.info("built the baseline of %s in %.1fs", spec.id, time.perf_counter() - started)
         return entry, StageRecord("base", key, built_now, entry.build_s)
 
+    def method_modules(self, chain_id: str) -> tuple[str, ...]:
+        """The modules defining the chain's methods: importing them registers the saved formats
+        they write (models/formats.py), which a fresh process needs before it loads the artifact."""
+        return tuple(sorted({type(self.methods[name]).__module__ for name in parse_chain(chain_id, self.methods)}))
+
     def build(self, spec: ModelSpec, chain_id: str, device: str) -> BuiltArtifact:
         names = parse_chain(chain_id, self.methods)
         base, record = self.base(spec)

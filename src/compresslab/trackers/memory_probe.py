@@ -23,8 +23,12 @@ def main(argv: list[str]) -> dict[str, int | None]:
     """The probe process: MemoryStats of loading the artifact and one inference, as a dict."""
     import dataclasses
 
-    artifact, base, kind, device, inputs_path, threads = argv
+    import importlib
+
+    artifact, base, kind, device, inputs_path, threads, *providers = argv
     torch.set_num_threads(int(threads))
+    for module in providers:  # the method modules that wrote the artifact register how it reloads
+        importlib.import_module(module)
     from compresslab.models.runner import load_runner
     from compresslab.trackers.memory import current_rss, measure_peak, own_peak_rss
 
@@ -43,18 +47,21 @@ def main(argv: list[str]) -> dict[str, int | None]:
 PROBE_TIMEOUT_S = 1800
 
 
-def probe_in_child(artifact: Path, base: Path, kind: str, device: str,
-                   inputs: dict[str, torch.Tensor], threads: int) -> dict[str, Any]:
+def probe_in_child(artifact: Path, base: Path, kind: str, device: str, inputs: dict[str, torch.Tensor],
+                   threads: int, providers: tuple[str, ...] = ()) -> dict[str, Any]:
     """Peak RSS of a fresh process that loads the artifact and runs one timed-shape inference.
 
     A separate process is what a deployment pays, and keeps this pass off the timed loop.
+    ``providers``: the modules of the methods that built the artifact. A method that saves its own
+    format registers its loader when its module is imported (models/formats.py), and a fresh
+    process has imported nothing, so the probe imports them first, as the process that built it had.
     """
     what = f"memory probe of {artifact}"
     with tempfile.TemporaryDirectory(prefix="compresslab-mem-") as tmp:
         inputs_path = Path(tmp) / "inputs.pt"
         torch.save(inputs, inputs_path)
         stdout = run_module("compresslab.trackers.memory_probe",
-                            [str(artifact), str(base), kind, device, str(inputs_path), str(threads)],
+                            [str(artifact), str(base), kind, device, str(inputs_path), str(threads), *providers],
                             what=what, timeout=PROBE_TIMEOUT_S)
     return last_line_json(stdout, what)
 
