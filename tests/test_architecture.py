@@ -199,3 +199,12 @@ def test_the_field_name_check_finds_a_dict_key(tmp_path):
     (tmp_path / "results.py").write_text('SIZE = "size_bytes"\n')
     assert quoted_field_names(tmp_path, record_field_names(), tmp_path / "results.py") == \
         ["tracker.py:2: size_bytes"]
+
+
+def test_the_readme_documents_every_result_field():
+    from compresslab.results import CaseResult
+
+    readme = (SRC.parent / "README.md").read_text()
+    section = readme[readme.index("## What a case records"):readme.index("## Floors")]
+    missing = [f.name for f in dataclasses.fields(CaseResult) if f"`{f.name}`" not in section]
+    assert not missing, f"README's 'What a case records' does not list {missing}"
