@@ -246,11 +246,12 @@ def test_an_edited_model_source_rebuilds_the_baseline_and_what_follows(tmp_path,
     assert again.stages[0].key != first.stages[0].key
 
 
-def test_method_modules_name_each_chain_member_s_module_once(tmp_path):
-    """What a fresh process (the memory probe) imports so saved formats registered by methods load."""
+def test_format_providers_are_the_chain_s_modules_that_register_a_saved_format(tmp_path):
+    """What a fresh process (the memory probe) imports so saved formats registered by methods load;
+    nothing for a chain whose checkpoints transformers or models/formats.py reload."""
     pipeline = Pipeline(ArtifactCache(tmp_path), registry.METHODS)
-    assert pipeline.method_modules("hqq-w4g64") == ("compresslab.methods.hqq",)
-    assert pipeline.method_modules("distill-half+int8-dynamic+int8-weight") == (
-        "compresslab.methods.distill", "compresslab.methods.torchao_quant")
+    assert pipeline.format_providers("hqq-w4g64") == ("compresslab.methods.hqq",)
+    assert pipeline.format_providers("distill-half+hqq-w4g64") == ("compresslab.methods.hqq",)
+    assert pipeline.format_providers("distill-half+int8-dynamic") == ()
     with pytest.raises(KeyError, match="nope"):
-        pipeline.method_modules("fp32+nope")
+        pipeline.format_providers("fp32+nope")

@@ -184,7 +184,7 @@ class CaseRunner:
         if self.memory == "subprocess":
             result.add_memory(MemoryStats(**memory_probe.probe_in_child(
                 artifact.path, artifact.base.payload, spec.kind, self.device, self.timed_inputs(spec, runner),
-                self.threads, self.pipeline.method_modules(artifact.chain_id))))
+                self.threads, self.pipeline.format_providers(artifact.chain_id))))
 
     def baseline_params(self, spec: ModelSpec, artifact: BuiltArtifact) -> int:
         if spec.id not in self._params:

@@ -131,10 +131,15 @@ class Pipeline:
             progress.info("built the baseline of %s in %.1fs", spec.id, time.perf_counter() - started)
         return entry, StageRecord("base", key, built_now, entry.build_s)
 
-    def method_modules(self, chain_id: str) -> tuple[str, ...]:
-        """The modules defining the chain's methods: importing them registers the saved formats
-        they write (models/formats.py), which a fresh process needs before it loads the artifact."""
-        return tuple(sorted({type(self.methods[name]).__module__ for name in parse_chain(chain_id, self.methods)}))
+    def format_providers(self, chain_id: str) -> tuple[str, ...]:
+        """The modules of the chain's methods that register a saved format of their own
+        (models/formats.py): a fresh process imports them before it loads the artifact. Only
+        those: importing the others would add their imports to what a memory probe measures."""
+        from compresslab.models.formats import FORMAT_LOADERS
+
+        registering = {saved.load.__module__ for saved in FORMAT_LOADERS}
+        chain = {type(self.methods[name]).__module__ for name in parse_chain(chain_id, self.methods)}
+        return tuple(sorted(chain & registering))
 
     def build(self, spec: ModelSpec, chain_id: str, device: str) -> BuiltArtifact:
         names = parse_chain(chain_id, self.methods)

@@ -52,9 +52,9 @@ def probe_in_child(artifact: Path, base: Path, kind: str, device: str, inputs: d
     """Peak RSS of a fresh process that loads the artifact and runs one timed-shape inference.
 
     A separate process is what a deployment pays, and keeps this pass off the timed loop.
-    ``providers``: the modules of the methods that built the artifact. A method that saves its own
-    format registers its loader when its module is imported (models/formats.py), and a fresh
-    process has imported nothing, so the probe imports them first, as the process that built it had.
+    ``providers``: the modules of the chain's methods that save a format of their own
+    (Pipeline.format_providers). Such a method registers its loader when its module is imported
+    (models/formats.py), and a fresh process has imported nothing, so the probe imports them first.
     """
     what = f"memory probe of {artifact}"
     with tempfile.TemporaryDirectory(prefix="compresslab-mem-") as tmp:
