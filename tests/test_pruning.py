@@ -13,7 +13,7 @@ from compresslab.models.loading import load_pretrained
 from compresslab.models.runner import SPARSITY_FILE, TorchRunner
 from compresslab.models.structure import block_linears
 from compresslab.trackers.size import zstd_size
-from compresslab.trackers.sparsity import block_sparsity, parameter_count, sparsity_info
+from compresslab.trackers.sparsity import block_sparsity, parameter_count
 from tiny import (SyntheticSentiment, stage_context, tiny_bert_classifier, tiny_llama,
                   tokenizer)
 
@@ -129,5 +129,5 @@ def test_parameter_count_counts_logical_weights_and_ties_once():
             self.weight = torch.nn.Parameter(torch.zeros(16, 1), requires_grad=False)
 
     assert parameter_count(Packed()) == 32
-    info = sparsity_info(tiny_bert_classifier(train_steps=0))
-    assert info["sparsity"] == 0.0 and info["n_params"] > 0
+    dense = tiny_bert_classifier(train_steps=0)
+    assert block_sparsity(dense) == 0.0 and parameter_count(dense) > 0
