@@ -89,3 +89,23 @@ def test_regress_reports_the_run_it_just_recorded(fake_make):
     calls = log.read_text()
     assert f"compresslab compare base.json {results}/latest.json" in calls
     assert f"compresslab report {results}/latest.json" in calls
+
+
+def test_ci_run_enlarges_a_case_of_a_sidecar_the_plugin_writes(tmp_path):
+    """.ci/run's own check (a 5%-larger artifact must fail compare) reads the sidecar by hand: it
+    must read today's record layout, or CI fails after every test passed."""
+    import json
+
+    from compresslab.results import CaseRecord, CaseResult, sidecar_document
+
+    records = [CaseRecord(f"test_compression[m-{chain}]", "m", chain, "passed", CaseResult(size_bytes=1000))
+               for chain in ("fp32", "int8-dynamic")]
+    (tmp_path / ".compresslab").mkdir()
+    (tmp_path / ".compresslab" / "smoke-base.json").write_text(json.dumps(sidecar_document(records, tmp_path)))
+    script = (REPO / ".ci" / "run").read_text()
+    snippet = script[script.index("<<'PY'\n") + len("<<'PY'\n"):script.index("\nPY\n")]
+    done = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "made m-int8-dynamic 5% larger"
+    larger = json.loads((tmp_path / ".compresslab" / "smoke-larger.json").read_text())
+    assert [b["extra_info"]["size_bytes"] for b in larger["benchmarks"]] == [1000, 1050]
