@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import platform
+import reprlib
 import subprocess
 import sys
 import time
@@ -259,22 +260,22 @@ def _checked(value: Any, kind: Any, name: str) -> Any:
         return _number(value, name)
     if kind is bool:
         if not isinstance(value, bool):
-            raise Malformed(f"{name} is {_show(value)}, not true or false")
+            raise Malformed(f"{name} is {show_value(value)}, not true or false")
         return value
     if kind is str:
         return string_field({name: value}, name)
     if origin is list:
         item = typing.get_args(kind)[0]
         if not isinstance(value, list):
-            raise Malformed(f"{name} is {_show(value)}, not a list{' of str' if item is str else ''}")
+            raise Malformed(f"{name} is {show_value(value)}, not a list{' of str' if item is str else ''}")
         if item in (float, int):
             return _numbers(value, name)
         if item is str and not all(isinstance(v, str) for v in value):
-            raise Malformed(f"{name} is {_show(value)}, not a list of str")
+            raise Malformed(f"{name} is {show_value(value)}, not a list of str")
         return value
     if origin is dict:
         if not isinstance(value, dict):
-            raise Malformed(f"{name} is {_show(value)}, not an object")
+            raise Malformed(f"{name} is {show_value(value)}, not an object")
         if typing.get_args(kind)[1] is float:  # a number map: a null entry is absent
             return {key: v for key, v in value.items() if _number(v, f"{name}.{key}") is not None}
         return value
@@ -285,20 +286,20 @@ def _chain(container: dict[str, Any]) -> str:
     return string_field(container, "chain") if "chain" in container else string_field(container, "method")
 
 
-def _show(value: Any) -> str:
-    """A value as a message shows it: on one line, cut short."""
-    import reprlib
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
 
-    short = reprlib.Repr()
-    short.maxstring = short.maxother = 60
-    return short.repr(value)
+
+def show_value(value: Any) -> str:
+    """A value as a message shows it: on one line, cut short (here and in runs.py's messages)."""
+    return _SHORT.repr(value)
 
 
 def object_field(container: dict[str, Any], key: str) -> dict[str, Any]:
     """An object field; {} when absent or null."""
     value = container.get(key)
     if value is not None and not isinstance(value, dict):
-        raise Malformed(f"{key} is {_show(value)}, not an object")
+        raise Malformed(f"{key} is {show_value(value)}, not an object")
     return value or {}
 
 
@@ -309,7 +310,7 @@ def string_field(container: dict[str, Any], key: str, required: bool = True) -> 
     if key not in container:
         raise Malformed(f"no {key!r}")
     if not isinstance(value, str):
-        raise Malformed(f"{key} is {_show(value)}, not a string")
+        raise Malformed(f"{key} is {show_value(value)}, not a string")
     return value
 
 
@@ -318,9 +319,9 @@ def _number(value: Any, what: str) -> Any:
     if value is None or isinstance(value, float):
         return value
     if not isinstance(value, int) or isinstance(value, bool):
-        raise Malformed(f"{what} is {_show(value)}, not a number")
+        raise Malformed(f"{what} is {show_value(value)}, not a number")
     if abs(value) > sys.float_info.max:  # compare's float arithmetic would overflow
-        raise Malformed(f"{what} is {_show(value)}, too large a number")
+        raise Malformed(f"{what} is {show_value(value)}, too large a number")
     return value
 
 
@@ -329,7 +330,7 @@ def _numbers(values: Any, what: str) -> list[Any] | None:
     if values is None:
         return None
     if not isinstance(values, list):
-        raise Malformed(f"{what} is {_show(values)}, not a list of numbers")
+        raise Malformed(f"{what} is {show_value(values)}, not a list of numbers")
     for index, value in enumerate(values):
         if value is None:
             raise Malformed(f"{what}[{index}] is None, not a number")

@@ -12,7 +12,6 @@ import fnmatch
 import glob
 import os
 import re
-import reprlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +23,6 @@ from compresslab.results import CaseRecord, Malformed
 BENCHMARKS_DIR = ".benchmarks"
 RESULTS_DIR = ".compresslab"
 RUN_NUMBER = re.compile(r"^\d{1,4}$")
-
-_SHORT = reprlib.Repr()
-_SHORT.maxstring = _SHORT.maxother = 60
-
 
 class RunError(ValueError):
     """A run that cannot be found or read: bad input (exit 2), never a regression."""
@@ -151,7 +146,7 @@ def from_document(document: Any, path: Path) -> Run:
     records = {}
     for index, bench in enumerate(benchmarks):
         if not isinstance(bench, dict):
-            raise RunError(f"{path}: benchmark #{index} is {_show(bench)}, not an object")
+            raise RunError(f"{path}: benchmark #{index} is {results.show_value(bench)}, not an object")
         try:
             record = _record(bench, is_sidecar)
         except Malformed as err:
@@ -173,10 +168,11 @@ def from_document(document: Any, path: Path) -> Run:
 
 def _benchmarks(document: Any, path: Path) -> list[Any]:
     if not isinstance(document, dict):
-        raise RunError(f"{path}: the top level is {_show(document)}, not an object with a 'benchmarks' list")
+        raise RunError(f"{path}: the top level is {results.show_value(document)}, "
+                       f"not an object with a 'benchmarks' list")
     benchmarks = document.get("benchmarks")
     if not isinstance(benchmarks, list):
-        found = "missing" if benchmarks is None else f"{_show(benchmarks)}, not a list"
+        found = "missing" if benchmarks is None else f"{results.show_value(benchmarks)}, not a list"
         raise RunError(f"{path}: 'benchmarks' is {found}; not a compresslab sidecar or pytest-benchmark JSON")
     return benchmarks
 
@@ -188,13 +184,9 @@ def _record(bench: dict[str, Any], is_sidecar: bool) -> CaseRecord | None:
     return CaseRecord.from_benchmark(bench) if results.is_case(results.object_field(bench, "extra_info")) else None
 
 
-def _show(value: Any) -> str:
-    """A value as a message shows it: on one line, cut short."""
-    return _SHORT.repr(value)
-
-
 def _label(index: int, bench: dict[str, Any]) -> str:
     name = bench.get("name")
     if name is None:
         return f"benchmark #{index}"
-    return f"benchmark #{index} ({_show(name)[1:-1] if isinstance(name, str) else _show(name)})"
+    shown = results.show_value(name)
+    return f"benchmark #{index} ({shown[1:-1] if isinstance(name, str) else shown})"
