@@ -21,3 +21,8 @@ class TaskDataUnavailable(Unavailable):
 
 class MethodUnsupported(RuntimeError):
     """The method cannot run here (missing package or device, unsupported architecture): a skip reason."""
+
+
+class ConfigError(ValueError):
+    """A project's compresslab configuration is invalid. The message is one line that names the file,
+    the key and the valid values; pytest turns it into a usage error (exit 4), the CLI into exit 2."""
