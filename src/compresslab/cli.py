@@ -1,4 +1,4 @@
-"""``compresslab list | build | report | compare``.
+"""``compresslab list | build | report | compare | init``.
 
 Exit status: 0 ok, 1 a regression (compare), 2 bad input, told in one line on stderr:
 ``compresslab <command>: <message>``.
@@ -143,6 +143,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_REGRESSION if result.regressions else EXIT_OK
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from compresslab import project_init
+
+    print(project_init.init(args.source, Path(args.out), args.id, args.kind, args.force).summary())
+    return EXIT_OK
+
+
 class OneLineParser(argparse.ArgumentParser):
     """Bad arguments are one line and exit 2, like every other bad input (argparse would print the
     whole usage first); --help still shows the usage."""
@@ -193,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "rule's threshold becomes at least the largest change of that case between two of them "
                           "(base included, head ignored; 3 runs needed); repeatable")
     cmp.set_defaults(func=cmd_compare)
+    init = sub.add_parser("init", help="write a commented starter compresslab.toml for your own checkpoint")
+    init.add_argument("source", help="a local checkpoint directory (config.json + weights), a .gguf file or a hub id "
+                                     "(read from the local Hugging Face cache only)")
+    init.add_argument("--id", help="the model's id (default: the checkpoint's name, lowercased)")
+    init.add_argument("--kind", choices=("classifier", "multilabel-classifier", "causal-lm"),
+                      help="required when config.json cannot tell (a hub id not in the local cache)")
+    init.add_argument("--out", default="compresslab.toml", help="the file to write (default: compresslab.toml here)")
+    init.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    init.set_defaults(func=cmd_init)
     return parser
 
 
