@@ -220,7 +220,7 @@ def _check_out(out: Path, force: bool) -> None:
 def render(checkpoint: Checkpoint, model_id: str, kind: str, task_id: str | None, labels: list[str],
            matrix: tuple[str, ...], given_kind: bool = False) -> str:
     """The whole starter: header, model, task (or the commented own-text example), matrix, floors."""
-    evidence = "given with --kind" if given_kind else "detected from the checkpoint"
+    evidence = "from --kind" if given_kind else "detected"
     parts = [_header(checkpoint), _model_table(checkpoint, model_id, kind, task_id, evidence)]
     if kind == "classifier":
         parts.append(_classification_task(task_id, labels))
@@ -234,9 +234,10 @@ def render(checkpoint: Checkpoint, model_id: str, kind: str, task_id: str | None
 
 def _header(checkpoint: Checkpoint) -> str:
     return "\n".join([
-        f"# compresslab project configuration, started by `compresslab init {checkpoint.source}`.",
+        "# compresslab project configuration, started by `compresslab init` from the checkpoint below.",
         "# pytest finds it beside the tests (or its tables under [tool.compresslab] in pyproject.toml).",
-        "# Paths are relative to this file. `compresslab list` shows every method id and built-in task.",
+        "# Paths are relative to this file; data files are csv, jsonl, json or parquet, or a hub dataset",
+        '# ({ dataset = "org/name", config = "...", split = "test" }). `compresslab list` shows every method id.',
         "",
         '# floors = "floors.toml"   # optional: a floors file in compresslab\'s floors.toml vocabulary;',
         "#                          # or the [floors.*] tables at the end of this file (one or the other)",
@@ -266,16 +267,15 @@ def _model_table(checkpoint: Checkpoint, model_id: str, kind: str, task_id: str 
 
 def _description(checkpoint: Checkpoint, kind: str) -> str:
     what = checkpoint.architectures()[0] if checkpoint.architectures() else kind
-    return f"{what} from {checkpoint.source}"
+    return f"{what} from {checkpoint.location[1]}"
 
 
 def _classification_task(task_id: str, labels: list[str]) -> str:
     named = bool(labels) and not all(GENERIC_LABEL.match(n) for n in labels)
     rows = [
         ("type", _toml("classification"), "classification | multilabel | perplexity"),
-        ("test", _toml("data/test.csv"), "the held-out split metrics are measured on: a text column and a label "
-                                         "column (csv, jsonl, json, parquet, or { dataset = \"org/name\", "
-                                         "split = \"test\" })"),
+        ("test", _toml("data/test.csv"), "the held-out split metrics are measured on: columns text and label"),
+        ("# test", '{ dataset = "org/name", config = "default", split = "test" }', "or a hub dataset"),
         ("# train", _toml("data/train.csv"), "optional: calibration/training data for methods that use task data"),
         ("text", _toml("text"), "the column holding the input text"),
         ("label", _toml("label"), "the column holding the label: a name from label_names or an output index"
@@ -300,8 +300,7 @@ def _label_names_row(labels: list[str], named: bool) -> tuple[str, str, str]:
 def _multilabel_task(task_id: str, labels: list[str]) -> str:
     rows = [
         ("type", _toml("multilabel"), "classification | multilabel | perplexity"),
-        ("test", _toml("data/test.jsonl"), 'the held-out split: lines like {"text": "...", "labels": ["a", "b"]} '
-                                           "(csv, jsonl, json, parquet)"),
+        ("test", _toml("data/test.jsonl"), 'held-out split, lines like {"text": "...", "labels": ["a", "b"]}'),
         ("validation", _toml("data/validation.jsonl"), "tunes the decision threshold (threshold = \"tune\")"),
         ("# train", _toml("data/train.jsonl"), "optional: calibration/training data for methods that use task data"),
         ("text", _toml("text"), "the column holding the input text"),
@@ -319,7 +318,7 @@ def _own_text_example(model_id: str) -> str:
     task_id = f"{model_id}-text"
     rows = [
         ("type", _toml("perplexity"), "classification | multilabel | perplexity"),
-        ("test", _toml("data/test.jsonl"), 'held-out text, lines like {"text": "..."} (csv, jsonl, json, parquet)'),
+        ("test", _toml("data/test.jsonl"), 'held-out text, lines like {"text": "..."}'),
         ("train", _toml("data/train.jsonl"), "optional: calibration text for methods that use it (GPTQ, AWQ, ...)"),
         ("text", _toml("text"), "the column holding the text"),
         ("metrics", _toml(["perplexity"]), "the one metric of a perplexity task"),
