@@ -70,11 +70,23 @@ def _schedule(step: int, total: int, warmup: int) -> float:
 
 
 def classifier_batches(tokenizer, examples: Sequence[Example], config: FinetuneConfig, rng: random.Random):
-    """Endless shuffled, tokenized batches of labelled texts: the model's own loss is cross-entropy."""
+    """Endless shuffled, tokenized batches of labelled texts, for the model's own loss: cross-entropy
+    on class indices, binary cross-entropy on multi-label examples (see label_tensor)."""
+    if len(examples) < config.batch_size:  # _batches would loop forever without yielding
+        raise ValueError(f"{len(examples)} training examples, fewer than one batch of {config.batch_size}")
     for batch in _batches(examples, config.batch_size, rng):
         inputs = tokenizer([e.text for e in batch], padding=True, truncation=True,
                            max_length=config.max_length, return_tensors="pt")
-        yield {**inputs, "labels": torch.tensor([e.label for e in batch])}
+        yield {**inputs, "labels": label_tensor([e.label for e in batch])}
+
+
+def label_tensor(labels: Sequence) -> torch.Tensor:
+    """Class indices as a long tensor, or multi-label tuples (one 0/1 per label) as a float matrix:
+    float targets are what make a HF sequence classifier compute BCE (it infers problem_type
+    "multi_label_classification" from them, or uses the one its config sets)."""
+    if labels and isinstance(labels[0], tuple):
+        return torch.tensor(labels, dtype=torch.float)
+    return torch.tensor(labels)
 
 
 def lm_batches(tokenizer, texts: Sequence[str], config: FinetuneConfig, rng: random.Random):

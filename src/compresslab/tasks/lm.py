@@ -36,6 +36,23 @@ def _held_out_ids(tokenizer, n_tokens: int) -> torch.Tensor:
     return _HELD_OUT_IDS[key]
 
 
+def score_windows(runner: Runner, windows: torch.Tensor, batch_size: int) -> TaskResult:
+    """Perplexity of a causal LM over ``[n, window]`` token ids, each window scored on its own
+    (no context carried across windows, so the number does not depend on the batch size)."""
+    total_nll, n_scored, reference = 0.0, 0, None
+    for start in range(0, len(windows), batch_size):
+        ids = windows[start : start + batch_size]
+        logits = runner.logits({"input_ids": ids, "attention_mask": torch.ones_like(ids)}).float().cpu()
+        nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                              reduction="sum")
+        total_nll += nll.item()
+        n_scored += ids[:, 1:].numel()
+        if reference is None:
+            reference = logits[0]  # first window: enough positions for fidelity, bounded memory
+    return TaskResult({"perplexity": metrics.perplexity(total_nll, n_scored)}, reference_logits=reference,
+                      details={"scored_tokens": n_scored})
+
+
 CALIBRATION_CHARS = 2000  # about 450 SmolLM2 tokens of English prose
 
 
@@ -62,19 +79,7 @@ class WikiPerplexity:
         return ids.view(self.n_windows, self.window)
 
     def evaluate(self, runner: Runner) -> TaskResult:
-        windows = self.windows(runner.tokenizer)
-        total_nll, n_scored, reference = 0.0, 0, None
-        for start in range(0, len(windows), self.batch_size):
-            ids = windows[start : start + self.batch_size]
-            logits = runner.logits({"input_ids": ids, "attention_mask": torch.ones_like(ids)}).float().cpu()
-            nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                  reduction="sum")
-            total_nll += nll.item()
-            n_scored += ids[:, 1:].numel()
-            if reference is None:
-                reference = logits[0]  # first window: enough positions for fidelity, bounded memory
-        return TaskResult({"perplexity": metrics.perplexity(total_nll, n_scored)}, reference_logits=reference,
-                          details={"scored_tokens": n_scored})
+        return score_windows(runner, self.windows(runner.tokenizer), self.batch_size)
 
     def latency_inputs(self, tokenizer, seq_len: int, batch_size: int = 1) -> dict[str, torch.Tensor]:
         ids = self.windows(tokenizer)[:batch_size, :seq_len]

@@ -49,13 +49,14 @@ class Metric:
         return self.value_range == FRACTION
 
 
-# Every metric a task emits (classification.score, TweetSentiment's hard_*, multilabel_f1, lm.py).
+# Every metric a task emits (classification.score, TweetSentiment's hard_*, multilabel_f1, jaccard_accuracy, lm.py).
 METRICS: dict[str, Metric] = {metric.name: metric for metric in (
     Metric("accuracy", True, "acc", "accuracy"),
     Metric("macro_f1", True, "F1", "macro-F1"),
     Metric("hard_accuracy", True, "hard acc", "accuracy, hard split"),  # tweet-sentiment's low-confidence split
     Metric("hard_macro_f1", True, "hard F1", "macro-F1, hard split"),
     Metric("micro_f1", True, "microF1", "micro-F1"),  # multi-label tasks
+    Metric("jaccard", True, "Jacc", "Jaccard accuracy"),  # multi-label: SemEval-2018 E-c's official metric
     Metric("fewshot_accuracy", True, "6-shot acc", "few-shot accuracy"),
     Metric("fewshot_macro_f1", True, "6-shot F1", "few-shot macro-F1"),
     Metric("perplexity", False, "ppl", "perplexity (lower is better)", value_range=(1.0, math.inf)),
@@ -114,6 +115,21 @@ def multilabel_f1(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
     fn = (~pred & target).sum(0).double()
     micro = _f1(tp.sum(), fp.sum(), fn.sum()).item()
     return {"micro_f1": micro, "macro_f1": _f1(tp, fp, fn).mean().item()}
+
+
+def jaccard_accuracy(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean over samples of |predicted & gold| / |predicted | gold| for ``[samples, labels]``
+    indicator matrices: the "Jaccard accuracy" SemEval-2018 E-c ranks systems by. A sample with
+    no gold and no predicted label counts 1: predicting nothing for a neutral tweet is right."""
+    import torch
+
+    if pred.shape != target.shape or pred.dim() != 2 or pred.shape[0] == 0:
+        raise ValueError(f"need two non-empty [samples, labels] matrices; got {tuple(pred.shape)} and "
+                         f"{tuple(target.shape)}")
+    pred, target = pred.bool(), target.bool()
+    both = (pred & target).sum(1).double()
+    either = (pred | target).sum(1).double()
+    return torch.where(either > 0, both / either.clamp(min=1), torch.ones_like(both)).mean().item()
 
 
 def perplexity(total_nll: float, n_tokens: int) -> float:

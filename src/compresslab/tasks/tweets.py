@@ -43,7 +43,7 @@ NOT_LETTERS = re.compile(r"[^a-z\s]")
 @dataclass(frozen=True)
 class Example:
     text: str
-    label: int
+    label: int | tuple[float, ...]  # a class index; multi-label (tasks/dataset.py): one 0.0/1.0 per label
 
 
 @dataclass(frozen=True)
