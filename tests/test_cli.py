@@ -191,13 +191,14 @@ def test_build_with_a_regular_file_as_cache_dir_fails_before_any_model_work(tmp_
 def test_without_the_cache_check_the_cache_mkdir_error_is_still_one_line(tmp_path, capsys, monkeypatch):
     from types import SimpleNamespace
 
-    from compresslab import cache, device, pipeline, registry
+    from compresslab import cache, device, pipeline
 
     def first_cache_write(self, spec, chain, resolved):  # what Pipeline.build does first: take a key's lock
         return self.cache.get_or_build("key", lambda out: None)
     monkeypatch.setattr(cache, "check_usable", lambda root: None)
     monkeypatch.setattr(device, "pin_threads", lambda threads: None)
-    monkeypatch.setattr(registry, "get_model", lambda name: SimpleNamespace(source=SimpleNamespace(check_available=str)))
+    spec = SimpleNamespace(source=SimpleNamespace(check_available=str))
+    monkeypatch.setattr(cli, "_catalog", lambda args: SimpleNamespace(get_model=lambda name: spec, methods={}, tasks={}))
     monkeypatch.setattr(pipeline.Pipeline, "build", first_cache_write)
     blocker = tmp_path / "cache"
     blocker.write_text("")
@@ -219,14 +220,21 @@ def test_list_with_a_missing_or_malformed_floors_file_is_bad_input_before_the_li
     assert out == "" and len(err.splitlines()) == 1 and err.startswith(f"compresslab list: {broken}: not valid TOML")
 
 
-def test_list_without_floors_uses_floors_toml_here_or_says_there_is_none(tmp_path, capsys, monkeypatch):
+def test_list_without_floors_uses_floors_toml_here_or_the_defaults(tmp_path, capsys, monkeypatch):
+    from compresslab.floors import DEFAULT_FLOORS
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(cli, "_available", lambda check: "-")  # the package checks take seconds
     assert cli.main(["list"]) == cli.EXIT_OK
-    assert capsys.readouterr().out.splitlines()[-1] == "floors: none (no floors.toml here; --floors FILE)"
-    (tmp_path / "floors.toml").write_text((Path(__file__).parents[1] / "floors.toml").read_text())
+    out = capsys.readouterr().out
+    assert "floors (compresslab/floors.toml (the defaults)):" in out
+    assert "smollm2-135m-prune-l1-50: {" in out and "expected_failure" in out  # the defaults' known failures
+    assert "'max_size_ratio': 0.613" not in out
+    (tmp_path / "floors.toml").write_text(DEFAULT_FLOORS.read_text().replace("max_size_ratio = 0.66 ",
+                                                                           "max_size_ratio = 0.613 "))
     assert cli.main(["list"]) == cli.EXIT_OK
-    assert "floors (floors.toml):" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "floors (floors.toml):" in out and "'max_size_ratio': 0.613" in out
 
 
 def test_version(capsys):

@@ -15,7 +15,7 @@ def load_text(tmp_path, text):
 
 
 def test_repository_floors_file_parses_and_covers_every_family():
-    book = floors.load("floors.toml", registry.MODELS, registry.METHODS)
+    book = floors.load(floors.DEFAULT_FLOORS, registry.MODELS, registry.METHODS)
     assert {m.family for m in registry.METHODS.values()} <= set(book.families)
 
 
@@ -177,7 +177,7 @@ max_size_ratio = 0.4
 
 
 def test_every_compressing_default_row_has_a_size_ceiling():
-    book = floors.load("floors.toml", registry.MODELS, registry.METHODS)
+    book = floors.load(floors.DEFAULT_FLOORS, registry.MODELS, registry.METHODS)
     for model_id, chains in registry.FULL_MATRIX.items():
         for chain in chains:
             if chain != registry.BASELINE_METHOD:

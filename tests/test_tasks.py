@@ -73,7 +73,7 @@ def test_a_constant_predictor_fails_the_repository_floor_of_every_lm(favourite):
     result = task.evaluate(ConstantRunner(tokenizer(), favourite))
     assert result.metrics["fewshot_accuracy"] == pytest.approx(1 / 3)
     assert result.metrics["fewshot_macro_f1"] <= 1 / 6 + 1e-6
-    book = floors.load("floors.toml", registry.MODELS, registry.METHODS)
+    book = floors.load(floors.DEFAULT_FLOORS, registry.MODELS, registry.METHODS)
     families = {name: m.family for name, m in registry.METHODS.items()}
     for model_id, spec in registry.MODELS.items():
         if task.id in spec.tasks:

@@ -31,64 +31,74 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _floors_path(given: str | None) -> Path | None:
-    """An explicit --floors FILE must exist; without it, floors.toml here if there is one."""
+def _floors_path(given: str | None) -> Path:
+    """An explicit --floors FILE must exist; without it, floors.toml here, else compresslab's defaults."""
     if given is None:
-        return Path("floors.toml") if Path("floors.toml").is_file() else None
+        from compresslab.floors import DEFAULT_FLOORS
+
+        return Path("floors.toml") if Path("floors.toml").is_file() else DEFAULT_FLOORS
     if not Path(given).is_file():
         raise ValueError(f"--floors {given}: {'a directory, not a file' if Path(given).is_dir() else 'no such file'}")
     return Path(given)
 
 
+def _catalog(args: argparse.Namespace):
+    """The catalog here: the project's config in this directory (or --config FILE) over the registry."""
+    from compresslab import project
+
+    return project.load_catalog(Path.cwd(), Path(args.config) if args.config else None)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     floors_path = _floors_path(args.floors)  # before the seconds of importing the registry
-    from compresslab import floors, registry
+    from compresslab import floors
 
+    catalog = _catalog(args)
     # a malformed floors file fails before the listing, not after a screen of it
-    book = floors.load(floors_path, registry.MODELS, registry.METHODS) if floors_path else None
+    book = floors.load_layers(floors_path, catalog.floors, catalog.floors_source, catalog.models, catalog.methods)
+    print(f"catalog: {catalog.source}")
     print("models:")
-    for model_id, spec in registry.MODELS.items():
+    for model_id, spec in catalog.models.items():
         def check(spec=spec):
             spec.source.check_available()
-            for task in spec.tasks:
-                registry.TASKS[task].check_available()
+            for task in catalog.model_tasks(spec):
+                task.check_available()
         status = _available(check) if args.check else "-"
         print(f"  {model_id:<20} {spec.kind:<10} tasks={','.join(spec.tasks):<40} available={status}")
         print(f"  {'':<20} {spec.description}")
     print("methods:")
-    id_width = max(map(len, registry.METHODS))
-    family_width = max(len(m.family) for m in registry.METHODS.values())
-    package_width = max(len(",".join(m.requires_packages) or "-") for m in registry.METHODS.values())
-    for method_id, method in registry.METHODS.items():
+    methods = catalog.methods
+    id_width = max(map(len, methods))
+    family_width = max(len(m.family) for m in methods.values())
+    package_width = max(len(",".join(m.requires_packages) or "-") for m in methods.values())
+    for method_id, method in methods.items():
         packages = ",".join(method.requires_packages) or "-"
         # available here: its packages are installed and it runs on this CPU for a model kind it supports
         status = _available(lambda m=method: m.check_supported(m.kinds[0], "cpu"))
         print(f"  {method_id:<{id_width}} family={method.family:<{family_width}} packages={packages:<{package_width}} "
               f"kinds={','.join(method.kinds):<21} devices={','.join(method.devices):<9} cpu-here={status}")
-    family_of = {name: m.family for name, m in registry.METHODS.items()}
-    print_cases(registry, book, family_of)
-    if book is None:
-        print("floors: none (no floors.toml here; --floors FILE)")
-    else:
-        print(f"floors ({floors_path}):")
-        for model_id, chains in registry.FULL_MATRIX.items():
-            for chain in chains:
-                print(f"  {model_id}-{chain}: {book.floor_for(model_id, chain, family_of).as_dict() or '-'}")
+    family_of = catalog.family_of()
+    print_cases(catalog, book, family_of)
+    print(f"floors ({book.source}):")
+    for model_id, chains in catalog.matrix.items():
+        for chain in chains:
+            print(f"  {model_id}-{chain}: {book.floor_for(model_id, chain, family_of).as_dict() or '-'}")
     return EXIT_OK
 
 
-def print_cases(registry, book, family_of: dict[str, str]) -> None:
-    """Each case of the full matrix with its tier (--compresslab-tier) and how long building it from
-    an empty cache took in the newest saved run here that built or measured it."""
+def print_cases(catalog, book, family_of: dict[str, str]) -> None:
+    """Each case of the matrix with its tier (--compresslab-tier) and how long building it from an
+    empty cache took in the newest saved run here that built or measured it."""
     from compresslab import matrix, runs
 
     measured = runs.last_build_times(Path(runs.RESULTS_DIR) / "runs")
-    print("cases (tier: smoke within default within full; build: the case's stages + its model's base stage, "
+    tiers = "tier: smoke within default within full" if catalog.tiered else "the project's matrix runs as listed"
+    print(f"cases ({tiers}; build: the case's stages + its model's base stage, "
           "from an empty cache, in the last run here that measured it):")
-    width = max(len(f"{m}-{c}") for m, chains in registry.FULL_MATRIX.items() for c in chains)
-    for model_id, chains in registry.FULL_MATRIX.items():
+    width = max(len(f"{m}-{c}") for m, chains in catalog.matrix.items() for c in chains)
+    for model_id, chains in catalog.matrix.items():
         for chain in chains:
-            known_bad = bool(book and book.floor_for(model_id, chain, family_of).expected_failure)
+            known_bad = bool(book.floor_for(model_id, chain, family_of).expected_failure)
             build = measured.get((model_id, chain))
             shown = (f"{build[0]:7.1f}s + base {build[1]:6.1f}s  ({build[2]})" if build
                      else "      -  (not measured here)")
@@ -96,7 +106,7 @@ def print_cases(registry, book, family_of: dict[str, str]) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from compresslab import cache, device, registry
+    from compresslab import cache, device
     from compresslab.pipeline import Pipeline
     from compresslab.session import default_cache_dir
 
@@ -105,9 +115,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     cache.check_usable(cache_dir)  # a file or a read-only dir: one line now, not a traceback after the model work
     resolved = device.resolve(args.device)
     device.pin_threads(device.available_cpus() if args.threads is None else args.threads)
-    spec = registry.get_model(args.model)
+    catalog = _catalog(args)
+    spec = catalog.get_model(args.model)
     spec.source.check_available()
-    pipeline = Pipeline(cache.ArtifactCache(cache_dir), registry.METHODS, rebuild=args.rebuild, tasks=registry.TASKS)
+    pipeline = Pipeline(cache.ArtifactCache(cache_dir), catalog.methods, rebuild=args.rebuild, tasks=catalog.tasks)
     artifact = pipeline.build(spec, args.method, resolved)
     for stage in artifact.stages:
         state = "built" if stage.built_now else "cached"
@@ -164,7 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"compresslab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     listing = sub.add_parser("list", help="models, methods (with availability here) and their floors")
-    listing.add_argument("--floors", metavar="FILE", help="the floors to list (default: floors.toml here, if any)")
+    config_help = "the project's config (default: compresslab.toml or pyproject.toml [tool.compresslab] here)"
+    listing.add_argument("--floors", metavar="FILE",
+                         help="the floors file to list (default: floors.toml here, else compresslab's defaults)")
+    listing.add_argument("--config", metavar="FILE", help=config_help)
     listing.add_argument("--check", action="store_true", help="also check each model's weights and data")
     listing.set_defaults(func=cmd_list)
     build = sub.add_parser("build", help="build (or find in the cache) one model x method chain")
@@ -174,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--device", default="auto")
     build.add_argument("--threads", type=_positive_int, help="intra-op threads (default: all CPUs available)")
     build.add_argument("--rebuild", action="store_true")
+    build.add_argument("--config", metavar="FILE", help=config_help)
     build.set_defaults(func=cmd_build)
     run_help = ("a saved run: a sidecar or pytest-benchmark JSON file, a pytest-benchmark run number (0003), "
                 "or a glob of a commit id matched in .benchmarks/ and .compresslab/runs/ (the newest wins)")

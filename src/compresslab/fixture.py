@@ -101,9 +101,7 @@ class Case:
 
     def expected_metrics(self) -> dict[str, str]:
         """{metric: task id} of every metric this model's tasks must produce."""
-        from compresslab import registry
-
-        return {metric: task_id for task_id in self.spec.tasks for metric in registry.TASKS[task_id].metrics}
+        return self.session.catalog.expected_metrics(self.spec)
 
     def check_floors(self) -> None:
         """Missing or non-finite metrics and broken floors fail the case (BelowFloors, which a

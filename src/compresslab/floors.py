@@ -324,11 +324,44 @@ def parse(data: dict[str, Any], source: str, model_ids: Iterable[str], methods: 
     return FloorBook(families, models, overrides, source, method_floors)
 
 
-def load(path: Path, model_ids: Iterable[str], methods: Mapping[str, Any]) -> FloorBook:
+# compresslab's default floors, shipped in the package: what a project gets unless it says otherwise
+DEFAULT_FLOORS = Path(__file__).with_name("floors.toml")
+
+
+def read(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(Path(path).read_text())
+        return tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
         raise FloorsError(f"floors file {path} does not exist") from None
     except tomllib.TOMLDecodeError as err:
         raise FloorsError(f"{path}: not valid TOML: {err}") from None
-    return parse(data, str(path), model_ids, methods)
+
+
+def load(path: Path, model_ids: Iterable[str], methods: Mapping[str, Any]) -> FloorBook:
+    return parse(read(path), str(path), model_ids, methods)
+
+
+def merged(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """``overlay`` over ``base``, table by table down to single values: a project's
+    ``[family.int8] min_recovery = { accuracy = 0.995 }`` changes that one bound and keeps the rest."""
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_layers(path: Path, overlay: Mapping[str, Any], overlay_source: str | None, model_ids: Iterable[str],
+                methods: Mapping[str, Any]) -> FloorBook:
+    """The floors file at ``path`` with a project's floors over it. The overlay is checked on its own
+    first, so that an error in it names the project's file, not the merge."""
+    model_ids, name = tuple(model_ids), source_name(path)
+    base = read(path)
+    if not overlay:
+        return parse(base, name, model_ids, methods)
+    parse(overlay, overlay_source or "project floors", model_ids, methods)
+    return parse(merged(base, overlay), f"{name} + {overlay_source}", model_ids, methods)
+
+
+def source_name(path: Path) -> str:
+    """How messages name a floors file: the default one by its place in the package, not this machine's."""
+    return "compresslab/floors.toml (the defaults)" if Path(path).resolve() == DEFAULT_FLOORS.resolve() else str(path)

@@ -35,20 +35,24 @@ def parse_matrix(text: str, models, methods) -> dict[str, tuple[str, ...]]:
     return matrix
 
 
-def selected_matrix() -> dict[str, tuple[str, ...]]:
-    """Every case a benchmark file parametrizes: COMPRESSLAB_MATRIX when set, else the full matrix
-    (the run's tier then deselects what it does not hold)."""
-    from compresslab import registry
+def selected_matrix(catalog=None) -> dict[str, tuple[str, ...]]:
+    """Every case a benchmark parametrizes: COMPRESSLAB_MATRIX when set, else the catalog's matrix
+    (the registry's full matrix, whose tiers the run then selects from, or a project's own list)."""
+    if catalog is None:
+        from compresslab import registry
 
+        catalog = registry.builtin_catalog()
     text = os.environ.get(ENV)
-    return parse_matrix(text, registry.MODELS, registry.METHODS) if text else dict(registry.FULL_MATRIX)
+    return parse_matrix(text, catalog.models, catalog.methods) if text else dict(catalog.matrix)
 
 
 def tier_of(model_id: str, chain_id: str, known_bad: bool) -> str:
     """The smallest tier that holds a case: smoke, default (its kind's default rows that the floors
-    do not mark as a known failure) or full."""
+    do not mark as a known failure) or full. A project's own models are in no tier but full."""
     from compresslab import registry
 
+    if model_id not in registry.MODELS:
+        return "full"
     if chain_id in registry.SMOKE_MATRIX.get(model_id, ()):
         return "smoke"
     kind = registry.MODELS[model_id].kind

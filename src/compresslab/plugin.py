@@ -34,7 +34,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--compresslab-cache-dir", default=None,
                     help="artifact cache (default: $COMPRESSLAB_CACHE_DIR or the user cache dir)")
     group.addoption("--compresslab-rebuild", action="store_true", help="rebuild every artifact the run uses")
-    group.addoption("--compresslab-floors", default=None, help="floors file (default: floors.toml in rootdir)")
+    group.addoption("--compresslab-config", default=None, metavar="FILE",
+                    help="the project's compresslab config (default: compresslab.toml, or [tool.compresslab] in "
+                         "pyproject.toml, in rootdir)")
+    group.addoption("--compresslab-floors", default=None,
+                    help="floors file (default: floors.toml in rootdir, else compresslab's defaults); a project's "
+                         "[floors] apply over it")
     group.addoption("--compresslab-results-dir", default=".compresslab",
                     help="where the sidecar results JSON goes (default: .compresslab)")
     group.addoption("--compresslab-device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
@@ -62,15 +67,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "compresslab(model, method): a compression case")
+    config.addinivalue_line("markers", "compresslab(models=None, methods=None): the cases a test taking the "
+                                       "`compressed` fixture runs: model ids (one or a list) and method ids or "
+                                       "chains (default: the project's matrix)")
     config.addinivalue_line("markers", "smoke: a case of the smoke tier (what CI runs on every pull request)")
     config.addinivalue_line("markers", "slow: a case of the full tier only (slow to build, or a known failure)")
     config.addinivalue_line("markers", "compresslab_tiered: a case of the registry's matrix, which --compresslab-tier "
                                        "(default: default) selects from")
     is_worker = hasattr(config, "workerinput")
     run_id = config.workerinput[RUN_ID_KEY] if is_worker else new_run_id()
-    config.stash[STASH_KEY] = CompresslabSession(config, run_id, is_worker)  # checks the gate's options
-    check_matrix_env()
+    session = config.stash[STASH_KEY] = CompresslabSession(config, run_id, is_worker)  # checks the gate's options
+    session.check_project()
+    check_matrix_env(session)
     if not is_worker:
         show_warnings_live(config)
         stop_cleanly_on_sigterm(config)
@@ -94,7 +102,7 @@ def stop_cleanly_on_sigterm(config: pytest.Config) -> None:
     config.add_cleanup(lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
 
 
-def check_matrix_env() -> None:
+def check_matrix_env(session: CompresslabSession) -> None:
     """A bad COMPRESSLAB_MATRIX is one usage-error line before collection, not a collection error."""
     from compresslab.matrix import ENV
 
@@ -102,7 +110,7 @@ def check_matrix_env() -> None:
         from compresslab import matrix
 
         try:
-            matrix.selected_matrix()
+            matrix.selected_matrix(session.catalog)
         except (KeyError, ValueError) as err:
             raise pytest.UsageError(err.args[0] if isinstance(err, KeyError) else str(err)) from None
 
@@ -184,10 +192,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def case_tier(model_id: str, chain_id: str, known_bad: bool) -> str:
-    from compresslab import matrix, registry
+    from compresslab import matrix
 
-    if model_id not in registry.MODELS:
-        return "full"
     return matrix.tier_of(model_id, chain_id, known_bad)
 
 
@@ -224,19 +230,84 @@ def case_params(matrix: dict[str, tuple[str, ...]], tiered: bool = False) -> lis
             for model_id, chains in matrix.items() for chain_id in chains]
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that takes ``compressed`` and does not parametrize it itself runs once per case: those of
+    its ``@pytest.mark.compresslab(models=..., methods=...)`` marker, else COMPRESSLAB_MATRIX, else the
+    catalog's matrix (a project's list, or the registry's, whose tiers the run selects from)."""
+    if "compressed" not in metafunc.fixturenames or _parametrizes_compressed(metafunc):
+        return
+    session = session_of(metafunc.config)
+    marker = metafunc.definition.get_closest_marker("compresslab")
+    try:
+        cases, tiered = selected_cases(session.catalog, marker)
+    except (KeyError, ValueError, TypeError) as err:
+        where = metafunc.definition.nodeid
+        raise pytest.UsageError(f"{where}: @pytest.mark.compresslab: {err.args[0]}") from None
+    metafunc.parametrize("compressed", case_params(cases, tiered=tiered), indirect=True)
+
+
+def _parametrizes_compressed(metafunc: pytest.Metafunc) -> bool:
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0] if marker.args else marker.kwargs.get("argnames", ())
+        names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+        if "compressed" in names:
+            return True
+    return False
+
+
+def selected_cases(catalog, marker: pytest.Mark | None) -> tuple[dict[str, tuple[str, ...]], bool]:
+    """{model: chains} a test runs, and whether the run's tier selects from them (the registry's
+    matrix only: a list someone wrote down runs as written)."""
+    from compresslab import matrix
+    from compresslab.pipeline import parse_chain
+
+    explicit = bool(os.environ.get(matrix.ENV))
+    cases = matrix.selected_matrix(catalog)
+    if marker is None:
+        return cases, catalog.tiered and not explicit
+    unknown_args = set(marker.kwargs) - {"models", "methods"}
+    if marker.args or unknown_args:
+        raise TypeError(f"takes keyword arguments models= and methods= only, got "
+                        f"{', '.join([*map(repr, marker.args), *sorted(unknown_args)])}")
+    models = _names(marker.kwargs.get("models"), "models") or list(cases)
+    for model_id in models:
+        catalog.get_model(model_id)
+    methods = _names(marker.kwargs.get("methods"), "methods")
+    for chain_id in methods or ():
+        parse_chain(chain_id, catalog.methods)
+    if methods is None:
+        missing = [model_id for model_id in models if model_id not in cases]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} has no matrix entry; give methods=[...]")
+        return {model_id: cases[model_id] for model_id in models}, catalog.tiered and not explicit
+    return {model_id: tuple(methods) for model_id in models}, False
+
+
+def _names(value, what: str) -> list[str] | None:
+    if value is None:
+        return None
+    names = [value] if isinstance(value, str) else list(value)
+    if not names or not all(isinstance(name, str) for name in names):
+        raise TypeError(f"{what}= must be an id or a non-empty list of ids, got {value!r}")
+    return names
+
+
 @pytest.fixture
 def compressed(request: pytest.FixtureRequest, compresslab_session: CompresslabSession):
-    """Indirect fixture: param ``(model_id, chain_id)``; builds (cached), evaluates, yields a Case."""
-    from compresslab import registry
+    """The case ``(model_id, chain_id)`` of the test's parameter (pytest_generate_tests, or the test's
+    own ``parametrize(..., indirect=True)``): built (cached) and evaluated, yielded as a Case."""
     from compresslab.errors import MethodUnsupported, Unavailable
 
+    if not hasattr(request, "param"):
+        pytest.fail("the compressed fixture needs a case: see @pytest.mark.compresslab", pytrace=False)
     model_id, chain_id = request.param
-    spec = registry.get_model(model_id)
+    catalog = compresslab_session.catalog
+    spec = catalog.get_model(model_id)
     request.node.stash[CASE_ID] = (model_id, chain_id)
     try:
         compresslab_session.cases.check_available(spec)
         with live_output(request.config):
-            case = Case.build(compresslab_session, spec, chain_id, registry.BASELINE_METHOD)
+            case = Case.build(compresslab_session, spec, chain_id, catalog.baseline_method)
     except (Unavailable, MethodUnsupported) as err:
         pytest.skip(f"{model_id}-{chain_id}: {err}")
     request.node.stash[CASE] = case

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from compresslab import catalog
 from compresslab.methods.base import Method
 from compresslab.methods.bnb import BitsAndBytesQuant
 from compresslab.methods.distill import LayerDropDistill
@@ -136,7 +137,7 @@ ROWS: tuple[Row, ...] = (
 
 METHODS: dict[str, Method] = {row.id: row.method for row in ROWS if row.method is not None}
 
-BASELINE_METHOD = "fp32"
+BASELINE_METHOD = catalog.BASELINE_METHOD
 
 # The full matrix (tier "full"): every model with every row; a method that does not apply to a model
 # (GPTQ on an encoder, SparseGPT on a classifier) skips with its reason. It holds the slow rows (CPU
@@ -158,17 +159,15 @@ DEFAULT_TIER: dict[str, tuple[str, ...]] = {
 }
 
 
-def unknown(kind: str, name: str, valid) -> KeyError:
-    return KeyError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(valid))}")
+def builtin_catalog() -> catalog.Catalog:
+    """compresslab's own models, tasks and methods with the tiered matrix: what a repository without a
+    project config benchmarks (read at call time: tests register tiny models in these dicts)."""
+    return catalog.Catalog(MODELS, TASKS, METHODS, dict(FULL_MATRIX), tiered=True, source="compresslab's registry")
 
 
 def get_model(model_id: str) -> ModelSpec:
-    if model_id not in MODELS:
-        raise unknown("model", model_id, MODELS)
-    return MODELS[model_id]
+    return builtin_catalog().get_model(model_id)
 
 
 def get_method(method_id: str) -> Method:
-    if method_id not in METHODS:
-        raise unknown("method", method_id, METHODS)
-    return METHODS[method_id]
+    return builtin_catalog().get_method(method_id)

@@ -137,6 +137,7 @@ class CompresslabSession:
         self.ending = Ending()
         self._settings: Settings | None = None
         self._floors = None
+        self._catalog = None
         self._family_of: dict[str, str] | None = None
         self._cases = None
         self._baseline_workloads: dict[str, Any] = {}
@@ -150,25 +151,55 @@ class CompresslabSession:
         return self._settings
 
     @property
-    def floors(self) -> Any:
-        """The run's floors, parsed once (collection marks known failures, cases check floors)."""
-        if self._floors is None:
-            from compresslab import floors, registry
+    def catalog(self) -> Any:
+        """What the run can benchmark (catalog.Catalog): the project's config over compresslab's
+        registry, or the registry alone; read once, and checked before anything builds."""
+        if self._catalog is None:
+            from compresslab import project
+            from compresslab.errors import ConfigError
 
-            option, default = self.config.getoption("--compresslab-floors"), Path(self.config.rootpath) / "floors.toml"
-            path = Path(option) if option else default if default.is_file() else None
+            explicit = self.config.getoption("--compresslab-config")
             try:
-                self._floors = (floors.load(path, registry.MODELS, registry.METHODS) if path
-                                else floors.FloorBook({}, {}, {}))
+                self._catalog = project.load_catalog(Path(self.config.rootpath), Path(explicit) if explicit else None)
+            except ConfigError as err:
+                raise pytest.UsageError(str(err)) from None
+        return self._catalog
+
+    def check_project(self) -> None:
+        """A project's config is read (and a bad one refused) at configure time; without one, nothing
+        heavy is imported until a case needs it (the plugin loads in every pytest run)."""
+        from compresslab import project
+        from compresslab.errors import ConfigError
+
+        explicit = self.config.getoption("--compresslab-config")
+        try:
+            found = project.find(Path(self.config.rootpath), Path(explicit) if explicit else None)
+        except ConfigError as err:
+            raise pytest.UsageError(str(err)) from None
+        if found is not None:
+            self.catalog  # noqa: B018
+
+    @property
+    def floors(self) -> Any:
+        """The run's floors, parsed once (collection marks known failures, cases check floors): the
+        floors file (--compresslab-floors, a floors.toml in rootdir, or compresslab's defaults) with the
+        project's floors over it."""
+        if self._floors is None:
+            from compresslab import floors
+
+            option, here = self.config.getoption("--compresslab-floors"), Path(self.config.rootpath) / "floors.toml"
+            path = Path(option) if option else here if here.is_file() else floors.DEFAULT_FLOORS
+            catalog = self.catalog
+            try:
+                self._floors = floors.load_layers(path, catalog.floors, catalog.floors_source, catalog.models,
+                                                  catalog.methods)
             except floors.FloorsError as err:
                 raise pytest.UsageError(str(err)) from None
         return self._floors
 
     def floor_for(self, model_id: str, chain_id: str) -> Any:
         if self._family_of is None:
-            from compresslab import registry
-
-            self._family_of = {name: method.family for name, method in registry.METHODS.items()}
+            self._family_of = self.catalog.family_of()
         return self.floors.floor_for(model_id, chain_id, self._family_of)
 
     # --- the cases ----------------------------------------------------------------------------------
@@ -177,7 +208,7 @@ class CompresslabSession:
     def cases(self) -> Any:
         """The case runner (cases.CaseRunner), built when the first case needs it."""
         if self._cases is None:
-            from compresslab import device, registry
+            from compresslab import device
             from compresslab.cache import ArtifactCache
             from compresslab.cases import CaseRunner
             from compresslab.methods.gptq import cpu_workers_default
@@ -186,9 +217,10 @@ class CompresslabSession:
             settings = self.settings
             device.pin_threads(settings.threads)
             cpu_workers_default(settings.threads)
-            pipeline = Pipeline(ArtifactCache(settings.cache_dir), registry.METHODS, rebuild=settings.rebuild,
-                                tasks=registry.TASKS)
-            self._cases = CaseRunner(pipeline, registry.TASKS, settings.device, settings.threads,
+            catalog = self.catalog
+            pipeline = Pipeline(ArtifactCache(settings.cache_dir), catalog.methods, rebuild=settings.rebuild,
+                                tasks=catalog.tasks)
+            self._cases = CaseRunner(pipeline, catalog.tasks, settings.device, settings.threads,
                                      memory=settings.memory, reeval=settings.reeval)
         return self._cases
 
@@ -216,10 +248,9 @@ class CompresslabSession:
 
     def second_workload(self, spec, runner) -> Any:
         """Batch 16 (classifier) or per-token decode (causal LM) of ``runner`` (trackers/workloads.py)."""
-        from compresslab import registry
         from compresslab.trackers.workloads import second_workload
 
-        task, settings = registry.TASKS[spec.tasks[0]], self.settings
+        task, settings = self.catalog.tasks[spec.tasks[0]], self.settings
         return second_workload(runner, lambda n: task.latency_inputs(runner.tokenizer, spec.latency_seq_len, n),
                                settings.device, settings.rounds, settings.warmup)
 

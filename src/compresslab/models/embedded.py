@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from compresslab.assets import AssetFile, AssetUnavailable, locate_with_hash
+from compresslab.models.checkpoint import dequantize_gguf
 from compresslab.models.finetune import FinetuneConfig, finetune_classifier
 from compresslab.models.loading import save_tokenizer
 from compresslab.errors import ModelUnavailable
@@ -94,16 +95,4 @@ class SmolLM2FromGGUF:
         return {"source": "embedded:smollm2-gguf", "gguf_sha256": _require(SMOLLM2_GGUF)[1]}
 
     def build(self, out: Path) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-
-        gguf = _require(SMOLLM2_GGUF)[0]
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        dequantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        config = dequantized.config
-        # The GGUF loader tags the config as quantized; a plain fp32 Llama must not carry that tag.
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        model = LlamaForCausalLM(config)
-        model.load_state_dict(dequantized.state_dict(), strict=True)
-        model.save_pretrained(out)
-        save_tokenizer(tokenizer, out)
+        dequantize_gguf(_require(SMOLLM2_GGUF)[0], out)

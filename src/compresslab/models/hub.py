@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from compresslab.errors import ModelUnavailable
+from compresslab.models.checkpoint import copy_as_baseline, directory_fingerprint
 from compresslab.models.spec import ModelKind
 
 
@@ -22,6 +23,7 @@ class HubModel:
     repo_id: str
     kind: ModelKind
     revision: str = "main"
+    problem_type: str | None = None  # see checkpoint.copy_as_baseline
 
     def local_path(self) -> Path | None:
         value = os.environ.get(override_env(self.model_id))
@@ -55,13 +57,8 @@ class HubModel:
     def fingerprint(self) -> dict[str, Any]:
         local = self.local_path()
         if local is not None:
-            files = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in local.iterdir() if p.is_file())
-            return {"source": "local", "path": str(local), "files": files}
-        return {"source": "hub", "repo": self.repo_id, "revision": self.revision}
+            return {**directory_fingerprint(local), "problem_type": self.problem_type}
+        return {"source": "hub", "repo": self.repo_id, "revision": self.revision, "problem_type": self.problem_type}
 
     def build(self, out: Path) -> None:
-        from compresslab.models.loading import load_pretrained, load_tokenizer, save_tokenizer
-
-        path = self.local_path() or self._resolve_snapshot()
-        load_pretrained(path, self.kind, dtype="float32").save_pretrained(out)
-        save_tokenizer(load_tokenizer(path), out)
+        copy_as_baseline(self.local_path() or self._resolve_snapshot(), self.kind, out, self.problem_type)
