@@ -6,6 +6,8 @@ They stand in for a user's own data: a 3-way sentiment task (CSV, labels as name
 "tags" task (JSON lines) on the same tweets. The corpus labels sentiment only, so the other tags come
 from plain rules on the raw text (see TAG_RULES): anyone can check a row's tags by reading the tweet.
 
+Line breaks inside a tweet (some have carriage returns) become spaces, so that every CSV row is one line of the file.
+
 Deterministic: the rows are the first ones of compresslab's own seeded, stratified, deduplicated splits
 (compresslab.tasks.tweets.load_splits), so no tweet is in two files' splits and reruns write the same bytes.
 """
@@ -41,12 +43,15 @@ def tags_of(example: Example) -> list[str]:
     return [LABELS[example.label]] + [tag for tag, rule in TAG_RULES.items() if rule.search(example.text)]
 
 
+LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
 def rows(split: str) -> list[Example]:
     """The first SIZES[split] tweets of compresslab's split (already shuffled with the label shares kept)."""
     examples = getattr(load_splits(), split)
     if len(examples) < SIZES[split]:
         raise ValueError(f"the corpus' {split} split has {len(examples)} tweets, fewer than {SIZES[split]}")
-    return list(examples[: SIZES[split]])
+    return [Example(LINE_BREAK.sub(" ", e.text), e.label) for e in examples[: SIZES[split]]]
 
 
 def write_sentiment(path: Path, examples: list[Example]) -> None:

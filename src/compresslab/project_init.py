@@ -138,8 +138,10 @@ def detect_kind(checkpoint: Checkpoint) -> tuple[tuple[str, ...], str]:
         problem = checkpoint.config.get("problem_type")
         if problem == "multi_label_classification":
             return ("multilabel-classifier",), f"{found}, problem_type {problem}"
-        if problem in (None, "single_label_classification"):
-            return (("classifier",) if problem else ("classifier", "multilabel-classifier")), found
+        if problem == "single_label_classification":
+            return ("classifier",), f"{found}, problem_type {problem}"
+        if problem is None:
+            return ("classifier", "multilabel-classifier"), found
         raise InitError(f"{checkpoint.source}: problem_type {problem!r} in config.json; valid kinds: "
                         f"{', '.join(KINDS)} (a classifier's problem_type is single_label_classification, "
                         "multi_label_classification or unset)")
@@ -267,7 +269,8 @@ def _model_table(checkpoint: Checkpoint, model_id: str, kind: str, task_id: str 
 
 def _description(checkpoint: Checkpoint, kind: str) -> str:
     what = checkpoint.architectures()[0] if checkpoint.architectures() else kind
-    return f"{what} from {checkpoint.location[1]}"
+    key, where, _ = checkpoint.location
+    return f"{what} from {where if key == 'hub' else checkpoint.name}"
 
 
 def _classification_task(task_id: str, labels: list[str]) -> str:
