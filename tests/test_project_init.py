@@ -221,3 +221,23 @@ def test_bad_id(tmp_path, capsys):
     (tmp_path / "x.gguf").touch()
     assert run_init(str(tmp_path / "x.gguf"), "--out", str(tmp_path / "c.toml"), "--id", "My Model") == 2
     assert "--id" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("kind", ["classifier", "multilabel-classifier", "causal-lm"])
+def test_starter_loads_as_a_project(tmp_path, kind):
+    """The starter, with its test data in place, is a valid project config (project.py's own reading)."""
+    from compresslab import project
+
+    problem = "multi_label_classification" if kind == "multilabel-classifier" else None
+    if kind == "causal-lm":
+        save_tiny_llama(tmp_path / "ckpt")
+    else:
+        save_tiny_bert(tmp_path / "ckpt", LABELS, problem_type=problem)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "test.csv").write_text("text,label\ngood day,happy\nbad day,sad\n")
+    rows = "".join(json.dumps({"text": t, "labels": ls}) + "\n" for t, ls in [("good", ["happy"]), ("bad", ["sad"])])
+    for split in ("test", "validation"):
+        (tmp_path / "data" / f"{split}.jsonl").write_text(rows)
+    assert run_init(str(tmp_path / "ckpt"), "--out", str(tmp_path / "compresslab.toml")) == 0
+    catalog = project.load_catalog(tmp_path)
+    assert catalog.matrix["ckpt"] == registry.DEFAULT_TIER["causal-lm" if kind == "causal-lm" else "classifier"]

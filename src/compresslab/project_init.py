@@ -21,7 +21,7 @@ METRICS = {"classification": ["accuracy", "macro_f1"], "multilabel": ["micro_f1"
 LATENCY_SEQ_LEN = {"classifier": 64, "multilabel-classifier": 64, "causal-lm": 128}
 BUILTIN_LM_TASK = "wiki-perplexity"  # perplexity on the embedded Wikipedia text: no user data needed
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
+MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")  # what project.py accepts (its ID_PATTERN)
 BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")  # a TOML key that needs no quotes
 GENERIC_LABEL = re.compile(r"^LABEL_\d+$")  # transformers' placeholder names when none were given
 COMMENT_COLUMN = 44
@@ -192,8 +192,8 @@ def init(source: str, out: Path, model_id: str | None = None, kind: str | None =
     chosen_kind, evidence = resolve_kind(checkpoint, kind)
     model_id = model_id or default_model_id(checkpoint.name)
     if not MODEL_ID.match(model_id):
-        raise InitError(f"--id {model_id!r}: an id is lowercase letters, digits, '.' and '-', starting with a letter "
-                        "or digit")
+        raise InitError(f"--id {model_id!r}: an id is lowercase letters, digits, '.', '_' and '-', starting with a "
+                        "letter or digit (it appears in test ids and -k expressions)")
     from compresslab.registry import DEFAULT_TIER  # seconds of imports: only once the arguments are known good
 
     matrix = DEFAULT_TIER["causal-lm" if chosen_kind == "causal-lm" else "classifier"]
@@ -254,8 +254,7 @@ def _model_table(checkpoint: Checkpoint, model_id: str, kind: str, task_id: str 
         rows.append(("revision", _toml("main"), "a branch, tag or commit of the hub repository"))
     tasks = [task_id] if task_id else [BUILTIN_LM_TASK]
     tasks_comment = ("tasks that judge the model: ids of the tables below or built-in ones" if task_id else
-                     "built in: perplexity on embedded Wikipedia text, so the first run needs no data; "
-                     "add your own tasks' ids")
+                     "built in: perplexity on embedded Wikipedia text, so the first run needs no data")
     rows += [
         ("kind", _toml(kind), f"{' | '.join(KINDS)} ({evidence})"),
         ("tasks", _toml(tasks), tasks_comment),
@@ -329,7 +328,8 @@ def _own_text_example(model_id: str) -> str:
     ]
     table = _table(f"[tasks.{_key(task_id)}]", None, rows).splitlines()
     return "\n".join([
-        f"# Perplexity on your own text: uncomment this table and add {task_id!r} to the model's tasks.",
+        f"# Perplexity on your own text: uncomment this table, and in the model's tasks replace {BUILTIN_LM_TASK!r}",
+        f"# with {task_id!r} (a model has one perplexity task).",
         *("# " + line for line in table if line),
         "",
     ])
