@@ -241,3 +241,22 @@ def test_starter_loads_as_a_project(tmp_path, kind):
     assert run_init(str(tmp_path / "ckpt"), "--out", str(tmp_path / "compresslab.toml")) == 0
     catalog = project.load_catalog(tmp_path)
     assert catalog.matrix["ckpt"] == registry.DEFAULT_TIER["causal-lm" if kind == "causal-lm" else "classifier"]
+
+
+def test_init_adds_a_starter_test_only_where_there_are_no_tests(tmp_path, capsys):
+    from compresslab import project_init
+
+    source = tmp_path / "ckpt"
+    source.mkdir()
+    (source / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    project_dir = tmp_path / "mine"
+    project_dir.mkdir()
+    assert cli.main(["init", str(source), "--out", str(project_dir / "compresslab.toml")]) == 0
+    test_file = project_dir / project_init.TEST_FILE
+    assert "def test_matrix(compressed, benchmark):" in test_file.read_text()
+    out = capsys.readouterr().out
+    assert f"wrote {test_file}" in out and "next: run `pytest` in" in out  # a causal LM needs no data first
+    test_file.unlink()
+    (project_dir / "test_other.py").write_text("")
+    assert cli.main(["init", str(source), "--out", str(project_dir / "compresslab.toml"), "--force"]) == 0
+    assert not test_file.exists()  # the project's own tests stay the only ones

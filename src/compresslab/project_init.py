@@ -26,8 +26,18 @@ BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")  # a TOML key that needs no quotes
 GENERIC_LABEL = re.compile(r"^LABEL_\d+$")  # transformers' placeholder names when none were given
 COMMENT_COLUMN = 44
 LINE_LIMIT = 120
-NEXT_STEP = ("next: put the test data where the task's comments say (a causal LM's built-in task needs none), "
-             "copy a test file like compresslab's examples/tweets/ one beside {out}, and run `pytest` there")
+NEXT_STEP = "next: {data}run `pytest` in {where} (README: Benchmark your own model)"
+ADD_DATA = "put the test data where the task's comments say, then "
+# The test a project needs for its matrix: what compresslab's own benchmarks/test_compression.py is.
+TEST_FILE = "test_compresslab.py"
+TEST_TEXT = '''"""Every case of compresslab.toml's [matrix]: built and cached, evaluated beside this run's fp32,
+timed by pytest-benchmark and held to the floors. `pytest -k "<model> and int8"` runs a slice."""
+
+
+def test_matrix(compressed, benchmark):
+    compressed.time(benchmark)
+    compressed.check_floors()
+'''
 
 
 class InitError(ValueError):
@@ -57,6 +67,7 @@ class Written:
     task_id: str | None
     matrix: tuple[str, ...]
     label_names: tuple[str, ...]
+    test_file: Path | None = None  # the starter test written beside it (None: one was there already)
 
     def summary(self) -> str:
         lines = [f"wrote {self.path}: model {self.model_id!r}, kind {self.kind} ({self.detected_from})"]
@@ -67,7 +78,10 @@ class Written:
         else:
             lines.append(f"  task {BUILTIN_LM_TASK!r}: built in, on embedded Wikipedia text")
         lines.append(f"  matrix: the default tier's {len(self.matrix)} rows: {', '.join(self.matrix)}")
-        lines.append(NEXT_STEP.format(out=self.path.name))
+        if self.test_file:
+            lines.append(f"wrote {self.test_file}: one test, `compressed` parametrized with the matrix")
+        where = str(self.path.parent) if str(self.path.parent) not in ("", ".") else "this directory"
+        lines.append(NEXT_STEP.format(data=ADD_DATA if self.task_id else "", where=where))
         return "\n".join(lines)
 
 
@@ -201,7 +215,12 @@ def init(source: str, out: Path, model_id: str | None = None, kind: str | None =
     task_id = None if chosen_kind == "causal-lm" else f"{model_id}-eval"
     text = render(checkpoint, model_id, chosen_kind, task_id, labels, matrix, given_kind=kind is not None)
     out.write_text(text, encoding="utf-8")
-    return Written(out, model_id, chosen_kind, evidence, task_id, matrix, tuple(labels))
+    test_file = out.parent / TEST_FILE
+    if not test_file.exists() and not any(out.parent.glob("test_*.py")) and not (out.parent / "tests").is_dir():
+        test_file.write_text(TEST_TEXT, encoding="utf-8")  # the first run is one `pytest` away
+    else:
+        test_file = None  # the project has tests of its own: adding one is theirs to decide
+    return Written(out, model_id, chosen_kind, evidence, task_id, matrix, tuple(labels), test_file)
 
 
 def _check_out(out: Path, force: bool) -> None:
