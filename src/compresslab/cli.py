@@ -102,7 +102,8 @@ def print_cases(catalog, book, family_of: dict[str, str]) -> None:
             build = measured.get((model_id, chain))
             shown = (f"{build[0]:7.1f}s + base {build[1]:6.1f}s  ({build[2]})" if build
                      else "      -  (not measured here)")
-            print(f"  {f'{model_id}-{chain}':<{width}}  {matrix.tier_of(model_id, chain, known_bad):<7}  {shown}")
+            tier = matrix.tier_of(model_id, chain, known_bad) if catalog.tiered else "listed"
+            print(f"  {f'{model_id}-{chain}':<{width}}  {tier:<7}  {shown}")
 
 
 def cmd_build(args: argparse.Namespace) -> int:
