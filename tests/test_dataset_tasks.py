@@ -397,3 +397,19 @@ def test_a_parquet_source_without_pyarrow_is_a_config_error(tmp_path, monkeypatc
     monkeypatch.setattr(dataset, "_pyarrow_parquet", lambda: None)
     with pytest.raises(ConfigError, match=r"test: reading test.parquet needs pyarrow.*valid: pip install pyarrow"):
         parse(tmp_path, type="classification", test="test.parquet")
+
+
+def test_multilabel_fidelity_compares_per_label_decisions():
+    """The reference logits of a multi-label task make the fidelity tracker compare each label's
+    sigmoid decision: flipping one label of one text out of 2 x 3 keeps 5/6 of the decisions."""
+    from compresslab.tasks.dataset import label_pairs
+    from compresslab.trackers.fidelity import compare_logits
+
+    base = torch.tensor([[2.0, -1.0, 0.5], [-3.0, 1.0, 4.0]])
+    flipped = base.clone()
+    flipped[0, 1] = 1.0  # label 1 of text 0: no -> yes
+    same = compare_logits(label_pairs(base), label_pairs(base))
+    assert same.top1_agreement == 1.0 and same.kl_div == pytest.approx(0.0, abs=1e-7)
+    changed = compare_logits(label_pairs(base), label_pairs(flipped))
+    assert changed.top1_agreement == pytest.approx(5 / 6) and changed.kl_div > 0
+    assert torch.allclose(label_pairs(base).softmax(-1)[..., 1], torch.sigmoid(base))

@@ -429,7 +429,8 @@ class DataTask:
         details = {"n_test": len(test), "threshold": threshold, "threshold_tuned": self.threshold == TUNE, **tuning,
                    "label_frequencies": dict(zip(names, target.float().mean(0).tolist())),
                    "predicted_label_frequencies": dict(zip(names, pred.float().mean(0).tolist()))}
-        return TaskResult({name: scores[name] for name in self.metrics}, reference_logits=logits, details=details)
+        return TaskResult({name: scores[name] for name in self.metrics}, reference_logits=label_pairs(logits),
+                          details=details)
 
     def _threshold(self, runner: Runner) -> tuple[float, dict[str, Any]]:
         """The fixed threshold, or the one tuned for this model on the validation split (never test)."""
@@ -708,3 +709,11 @@ def _check_local_files(task: DataTask) -> None:
             raise ConfigError(f"{task.where} {role}: {source.name} has no records; valid: a file with records")
         if task.task_type == "classification":
             class_index(first[task.label], task.label_names, f"record 1 of {source.name}", task.where)
+
+
+def label_pairs(logits: torch.Tensor) -> torch.Tensor:
+    """Multi-label ``[texts, labels]`` logits as ``[texts, labels, 2]`` pairs ``(0, logit)``: a pair's
+    softmax is the label's sigmoid, so the fidelity tracker (which compares softmax outputs) gives
+    the share of per-label decisions at 0.5 that a compressed model keeps and the mean Bernoulli KL
+    per label, instead of an argmax over labels that a multi-label model never takes."""
+    return torch.stack([torch.zeros_like(logits), logits], dim=-1)
