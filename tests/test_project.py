@@ -137,7 +137,8 @@ BAD = [
     (MODEL.replace("[models.tiny-mine]", "[models.smollm2-135m]") + TASK,
      "compresslab.toml [models.smollm2-135m]: 'smollm2-135m' is a built-in model; choose another id"),
     (MODEL + TASK.replace('label = "sentiment"', 'label = "stars"'),
-     "compresslab.toml [tasks.keywords] label: no column 'stars' in the test file data/test.csv; valid: 'text', 'sentiment'"),
+     "compresslab.toml [tasks.keywords] label: no column 'stars' in the test file data/test.csv; "
+     "valid: 'text', 'sentiment'"),
     (MODEL + TASK.replace("data/test.csv", "data/tests.csv"), "compresslab.toml [tasks.keywords] test: "),
     (MODEL + TASK.replace('max_length = 32', 'metrics = ["accuracy", "bleu"]'),
      "compresslab.toml [tasks.keywords] metrics: "),

@@ -23,9 +23,9 @@ plus optional absolute bounds and a size ceiling:
 
 A chain's default is the loosest of its stages' defaults (error accumulates along a chain; an
 override states the real target); its size ceiling is the smallest of its stages' ratios (a
-chain must be at least as small as its most compressing stage promises alone). A floor is a promise about quality, never a
-record of what was measured: a combination below it is an expected failure (pytest XFAIL, its
-values still recorded and gated), not a reason to loosen it.
+chain must be at least as small as its most compressing stage promises alone). A floor is a
+promise about quality, never a record of what was measured: a combination below it is an
+expected failure (pytest XFAIL, its values still recorded and gated), not a reason to loosen it.
 """
 
 from __future__ import annotations

@@ -203,9 +203,9 @@ class CaseRecord:
     @classmethod
     def from_sidecar(cls, bench: dict[str, Any]) -> CaseRecord:
         result = read_result(object_field(bench, "extra_info"))
-        return cls(string_field(bench, "name"), string_field(bench, "model"), _chain(bench), string_field(bench, "outcome", False)
-                   or "?", result, string_field(bench, "fullname", False), string_field(bench, "reason", False),
-                   string_field(bench, "expected_failure", False))
+        return cls(string_field(bench, "name"), string_field(bench, "model"), _chain(bench),
+                   string_field(bench, "outcome", False) or "?", result, string_field(bench, "fullname", False),
+                   string_field(bench, "reason", False), string_field(bench, "expected_failure", False))
 
     @classmethod
     def from_benchmark(cls, bench: dict[str, Any]) -> CaseRecord:
