@@ -272,3 +272,25 @@ def test_the_config_parses_as_toml_the_user_wrote_it():
     example = "\n".join(line[4:] for line in doc.splitlines() if line.startswith("    "))
     table = tomllib.loads(example)["tool"]["compresslab"]
     assert set(table) <= set(project.SECTIONS)
+
+
+def test_a_hub_model_that_is_not_here_skips_with_one_line(project_dir, pytester, monkeypatch):
+    """A project's hub id without the hub (or the local HF cache) is a skip that says what is missing,
+    never a hang or a crash; the project's other cases still run."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on a machine without the network: answer at once
+    copy_project(project_dir, pytester)
+    (pytester.path / "compresslab.toml").write_text(MODEL + TASK + """
+[models.tiny-hub]
+hub = "compresslab-tests/not-a-model"
+kind = "classifier"
+tasks = ["keywords"]
+
+[matrix]
+tiny-mine = ["fp32"]
+tiny-hub = ["fp32"]
+""")
+    pytester.makepyfile(test_mine=OWN_TEST.split("@pytest.mark")[0])
+    result = run(pytester, "-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*tiny-hub-fp32: compresslab-tests/not-a-model is not in the local Hugging Face "
+                                 "cache and the hub is unreachable*"])
