@@ -23,7 +23,7 @@ from compresslab.trackers import decode
 from compresslab.trackers.fidelity import compare_logits
 from tiny import SyntheticSentiment, stage_context, synthetic_examples, tiny_bert_classifier, tiny_llama, tokenizer
 
-CLASSIFIER_METHODS = ("ort", "ort-int8", "ort-int8-static", "openvino", "ov-int8")
+CLASSIFIER_METHODS = ("ort", "ort-int8", "ort-int8-static", "openvino", "ov-bf16", "ov-int8")
 DECODER_METHODS = ("ort", "ort-int8", "ort-int8-static", "openvino", "ov-int8-weights", "ov-int4-weights")
 SMALL = {"ort-int8-static": OrtExport(quantization="static-int8", calibration_samples=16),
          "ov-int8": OpenVinoExport(compression="int8", calibration_samples=16),
@@ -256,3 +256,26 @@ def test_config_checks_and_unsupported_devices(tmp_path):
         registry.METHODS["openvino"].check_supported("causal-lm", "cuda:0")
     with pytest.raises(ValueError, match="unknown runtime 'tensorrt'"):
         write_runtime(tmp_path, "tensorrt", "model.plan")
+
+
+def test_ov_bf16_ships_and_runs_in_bf16_where_the_cpu_has_it(classifier, monkeypatch):
+    from compresslab.methods import openvino
+    from compresslab.models.backends import ov_has_bf16
+
+    base, model, outs = classifier
+    assert json.loads((outs["ov-bf16"] / RUNTIME_FILE).read_text())["precision_hint"] == "bf16"
+    if not ov_has_bf16():
+        pytest.skip("this CPU has no bf16 arithmetic")
+    texts = ["the movie was great", "awful food and the day was sad"]
+    f32, bf16 = (load_runner(outs[m], base, "classifier", "cpu") for m in ("openvino", "ov-bf16"))
+    assert f32.settings["precision"] == "f32" and bf16.settings["precision"] == "bf16"
+    inputs = dict(tokenizer()(texts, padding=True, return_tensors="pt"))
+    exact, rounded = f32.logits(inputs), bf16.logits(inputs)
+    assert not torch.equal(exact, rounded)  # really computed in bf16, not the f32 graph again
+    assert torch.allclose(exact, rounded, atol=0.1) and torch.equal(exact.argmax(-1), rounded.argmax(-1))
+    # a CPU without bf16 skips the row instead of timing f32 under a bf16 label
+    monkeypatch.setattr(openvino, "ov_has_bf16", lambda: False)
+    with pytest.raises(openvino.MethodUnsupported, match="no bf16 arithmetic"):
+        registry.METHODS["ov-bf16"].check_supported("classifier", "cpu")
+    with pytest.raises(ValueError, match="precision must be one of f32, bf16"):
+        openvino.OpenVinoExport(precision="fp16")

@@ -121,6 +121,7 @@ ROWS: tuple[Row, ...] = (
     Row("ort-int8", OrtExport(quantization="dynamic-int8"), default=CLF),
     Row("ort-int8-static", OrtExport(quantization="static-int8")),
     Row("openvino", OpenVinoExport()),
+    Row("ov-bf16", OpenVinoExport(precision="bf16")),  # the same fp32 IR, computed in bf16 (CPUs that have it)
     Row("ov-int8", OpenVinoExport(compression="int8"), default=CLF),
     Row("ov-int8-weights", OpenVinoExport(compression="int8-weights"), default=LM),
     Row("ov-int4-weights", OpenVinoExport(compression="int4-weights"), default=BOTH),

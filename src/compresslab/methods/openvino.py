@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from compresslab.methods.base import Method, StageContext
+from compresslab.methods.base import Method, MethodUnsupported, StageContext
 from compresslab.methods.onnx_export import calibration_feeds, export_to, full_precision_nodes
-from compresslab.models.backends import OV_PRECISION
+from compresslab.models.backends import OV_PRECISION, OV_PRECISIONS, ov_has_bf16
 from compresslab.models.graph_runner import write_runtime
 from compresslab.models.spec import ModelKind
 
@@ -77,6 +77,9 @@ class OpenVinoExport(Method):
     int4_ratio: float = 0.6  # share of the weight-compressed layers in int4; the rest int8
     group_size: int = 64
     awq: bool = True  # int4-weights: activation-aware scales (AWQ) and scale estimation on the calibration text
+    # the inference precision the artifact ships with (recorded in its runtime file and in each case's
+    # runtime settings): f32 arithmetic, or bf16 where the CPU has it (the plugin's own default there)
+    precision: str = OV_PRECISION
     family: ClassVar[str] = "openvino"
     requires_packages: ClassVar[tuple[str, ...]] = ("openvino", "nncf", "onnxruntime", "onnxscript")
     devices: ClassVar[tuple[str, ...]] = ("cpu",)  # no CUDA plugin; an Intel GPU is not a CUDA device
@@ -87,6 +90,14 @@ class OpenVinoExport(Method):
                              f"got {self.compression!r}")
         if not 0 < self.int4_ratio <= 1:
             raise ValueError(f"OpenVinoExport.int4_ratio must be in (0, 1], got {self.int4_ratio}")
+        if self.precision not in OV_PRECISIONS:
+            raise ValueError(f"OpenVinoExport.precision must be one of {', '.join(OV_PRECISIONS)}, "
+                             f"got {self.precision!r}")
+
+    def check_supported(self, kind, device: str) -> None:
+        super().check_supported(kind, device)
+        if self.precision == "bf16" and not ov_has_bf16():
+            raise MethodUnsupported("this CPU has no bf16 arithmetic (OpenVINO would run the bf16 row in f32)")
 
     @property
     def uses_task_data(self) -> bool:  # type: ignore[override]  # calibration data enters the cache key
@@ -105,5 +116,5 @@ class OpenVinoExport(Method):
                                  keep=full_precision_ops(model, graph, ctx.kind))
             # fp32 stays fp32 on disk (save_model would halve it to fp16 by default)
             ov.save_model(model, str(out / MODEL_FILE), compress_to_fp16=False)
-        write_runtime(out, "openvino", MODEL_FILE, converted_from="torch.onnx dynamo", precision_hint=OV_PRECISION,
+        write_runtime(out, "openvino", MODEL_FILE, converted_from="torch.onnx dynamo", precision_hint=self.precision,
                       compression=self.compression)

@@ -16,6 +16,7 @@ import numpy as np
 from compresslab.errors import MethodUnsupported
 
 OV_PRECISION = "f32"  # true fp32 arithmetic: rows compare compression, not the CPU plugin's bf16 default
+OV_PRECISIONS = ("f32", "bf16")  # bf16: a row of its own (ov-bf16), where the CPU computes in it
 
 
 def ort_session_options(threads: int):
@@ -67,18 +68,27 @@ def ov_device(device: str) -> str:
     return "CPU"
 
 
-def ov_config(threads: int) -> dict[str, Any]:
-    return {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": OV_PRECISION,
+def ov_config(threads: int, precision: str = OV_PRECISION) -> dict[str, Any]:
+    return {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision,
             "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
 
 
+def ov_has_bf16() -> bool:
+    """Whether this CPU computes in bf16 (OpenVINO would otherwise run a bf16 hint in f32)."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 class OpenVinoBackend:
-    def __init__(self, model_file: Path, device: str, threads: int):
+    def __init__(self, model_file: Path, device: str, threads: int, precision: str = OV_PRECISION):
         import openvino as ov
 
+        if precision not in OV_PRECISIONS:
+            raise ValueError(f"OpenVINO precision hint {precision!r}; valid: {', '.join(OV_PRECISIONS)}")
         target = ov_device(device)
         core = ov.Core()
-        self.compiled = core.compile_model(core.read_model(str(model_file)), target, ov_config(threads))
+        self.compiled = core.compile_model(core.read_model(str(model_file)), target, ov_config(threads, precision))
         self.request = self.compiled.create_infer_request()
         self.input_names = tuple(i.get_any_name() for i in self.compiled.inputs)
         self.input_shapes = {i.get_any_name(): [d.get_length() if d.is_static else None for d in i.get_partial_shape()]

@@ -108,5 +108,7 @@ def load_graph_runner(artifact: Path, tokenizer, kind: ModelKind, device: str, r
     if name not in BACKENDS:
         raise ValueError(f"{Path(artifact) / RUNTIME_FILE}: unknown runtime {name!r}; known: {', '.join(BACKENDS)}")
     threads = torch.get_num_threads()  # pinned by the suite to --compresslab-threads, as for PyTorch
-    backend = BACKENDS[name](Path(artifact) / runtime["model"], device, threads)
+    # the precision an OpenVINO artifact ships with (its row's choice: f32, or bf16 where the CPU has it)
+    options = {"precision": runtime["precision_hint"]} if name == "openvino" and "precision_hint" in runtime else {}
+    backend = BACKENDS[name](Path(artifact) / runtime["model"], device, threads, **options)
     return GraphRunner(backend, tokenizer, device, kind)
