@@ -23,7 +23,7 @@ from compresslab.models.spec import ModelSpec
 from compresslab.pipeline import BuiltArtifact, Pipeline, library_versions, progress
 from compresslab.results import CaseResult, stage_entry
 from compresslab.tasks.base import Task
-from compresslab.trackers import fidelity, memory_probe, size, sparsity
+from compresslab.trackers import fidelity, memory_probe, roofline, size, sparsity
 from compresslab.trackers.memory import MemoryStats
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,7 @@ class CaseRunner:
         self.reeval = reeval
         self._baselines: dict[str, Measurement] = {}
         self._params: dict[str, int] = {}
+        self._work: dict[str, roofline.WorkCount] = {}  # by the key of the torch stage it was counted on
 
     def model_tasks(self, spec: ModelSpec) -> list[Task]:
         return [self.tasks[name] for name in spec.tasks]
@@ -181,10 +182,37 @@ class CaseRunner:
         if runner.model is not None:  # exported graphs have no torch module to inspect
             result.sparsity = sparsity.block_sparsity(runner.model)
             result.n_params = sparsity.parameter_count(runner.model)
+        self._record_work(result, spec, artifact, runner)
         if self.memory == "subprocess":
             result.add_memory(MemoryStats(**memory_probe.probe_in_child(
                 artifact.path, artifact.base.payload, spec.kind, self.device, self.timed_inputs(spec, runner),
                 self.threads, self.pipeline.format_providers(artifact.chain_id))))
+
+    def _record_work(self, result: CaseResult, spec: ModelSpec, artifact: BuiltArtifact, runner) -> None:
+        """The counted FLOPs of the timed forward and the dtype they compute in (trackers/roofline.py)."""
+        work = roofline.case_work(artifact.path, runner, lambda: self._stage_work(spec, artifact, runner))
+        result.forward_flops, result.compute_dtype, result.roofline_note = work.flops, work.compute_dtype, work.note
+
+    def _stage_work(self, spec: ModelSpec, artifact: BuiltArtifact, runner) -> roofline.WorkCount | None:
+        """The work of the timed forward, counted once per torch stage: on the artifact's own model, or
+        for an exported graph on the torch checkpoint it was exported from (the stage before the first
+        whose payload is a graph): converting or quantizing a graph changes the arithmetic's
+        precision, not its count."""
+        from compresslab.models.graph_runner import runtime_of
+
+        key, load = artifact.entry.key, lambda: runner
+        if runtime_of(artifact.path) is not None:
+            entries = [self.pipeline.cache.lookup(stage.key) for stage in artifact.stages]
+            sources = [source for source, entry in zip(entries, entries[1:])
+                       if source is not None and entry is not None and runtime_of(entry.payload) is not None]
+            if not sources or runtime_of(sources[0].payload) is not None:
+                return None
+            key = sources[0].key
+            load = lambda: load_runner(sources[0].payload, artifact.base.payload, spec.kind, self.device)  # noqa: E731
+        if key not in self._work:
+            source_runner = load()
+            self._work[key] = roofline.torch_work(source_runner, self.timed_inputs(spec, source_runner))
+        return self._work[key]
 
     def baseline_params(self, spec: ModelSpec, artifact: BuiltArtifact) -> int:
         if spec.id not in self._params:

@@ -26,6 +26,7 @@ CASE_ID = pytest.StashKey[tuple]()  # on a test item: the (model, chain) its com
 CASE = pytest.StashKey[Case]()  # on a test item: the Case the fixture yielded
 RECORDS_KEY = "compresslab_records"
 RUN_ID_KEY = "compresslab_run_id"
+ROOFLINE_KEY = "compresslab_roofline"  # a worker's probe of the machine's peaks, handed to the controller
 TIERS = ("smoke", "default", "full")  # nested, smallest first (matrix.tier_of says which holds a case)
 
 
@@ -372,14 +373,18 @@ def _reason(report: pytest.TestReport) -> str | None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error) -> None:
-    """xdist controller: gather each worker's records."""
-    session_of(node.config).add_worker_records(getattr(node, "workeroutput", {}).get(RECORDS_KEY, []))
+    """xdist controller: gather each worker's records (and its roofline probe)."""
+    output = getattr(node, "workeroutput", {})
+    session_of(node.config).add_worker_records(output.get(RECORDS_KEY, []))
+    if output.get(ROOFLINE_KEY):
+        session_of(node.config).worker_peaks[output.get("workerid", str(node.gateway.id))] = output[ROOFLINE_KEY]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if hasattr(config, "workerinput"):  # xdist worker: hand records to the controller
         config.workeroutput[RECORDS_KEY] = session_of(config).worker_output()
+        config.workeroutput[ROOFLINE_KEY] = session_of(config).roofline_info()
         return
     session_of(config).finish(session, exitstatus)
 

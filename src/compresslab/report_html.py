@@ -37,7 +37,9 @@ def markdown_table(records: list[CaseRecord]) -> str:
 
 
 def _run_line(source: str) -> str:
-    return f"run: {source}. size x and speedup: times smaller / faster than fp32 in the same run."
+    return (f"run: {source}. size x and speedup: times smaller / faster than fp32 in the same run. % peak and "
+            "decode % BW: shares of the GEMM peak (of the row's dtype) and of the memory bandwidth that the run "
+            "measured on its machine before its first case.")
 
 
 def render_markdown(records: list[CaseRecord], source: str, plots: dict[str, Path] | None = None) -> str:

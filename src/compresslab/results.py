@@ -94,6 +94,15 @@ class CaseResult:
     decode_prompt_tokens: int | None = None
     decode_rounds: int | None = None
     decode_speedup_vs_baseline: float | None = None
+    # roofline (trackers/roofline.py): the work of the timed forward, and the share of this session's
+    # measured peaks each workload reaches
+    forward_flops: int | None = None  # counted FLOPs of the batch-1 timed forward
+    compute_dtype: str | None = None  # what its matmuls compute in: fp32, bf16, int8
+    roofline_peak_gflops: float | None = None  # the probe's GEMM peak for compute_dtype
+    roofline_bandwidth_gbs: float | None = None  # the probe's memory read bandwidth (1e9 bytes/s)
+    roofline_compute: float | None = None  # forward_flops / latency_p50 over roofline_peak_gflops
+    roofline_memory: float | None = None  # size_bytes x decode_tokens_per_s over roofline_bandwidth_gbs
+    roofline_note: str | None = None  # why FLOPs or a dtype could not be counted
     # the floors it was judged against and what it broke
     floors: dict[str, Any] | None = None
     floor_violations: list[str] | None = None
@@ -361,8 +370,10 @@ def atomic_write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def sidecar_document(records: list[CaseRecord], results_dir: Path, incomplete: str | None = None) -> dict[str, Any]:
-    """``incomplete``: why the run ended before its last case (interrupted, SIGTERM, killed), or None."""
+def sidecar_document(records: list[CaseRecord], results_dir: Path, incomplete: str | None = None,
+                     roofline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``incomplete``: why the run ended before its last case (interrupted, SIGTERM, killed), or None;
+    ``roofline``: the session's probe of this machine's peaks (trackers/roofline.py), when it ran."""
     document = {
         "schema": SIDECAR_SCHEMA,
         "compresslab_version": __version__,
@@ -371,6 +382,8 @@ def sidecar_document(records: list[CaseRecord], results_dir: Path, incomplete: s
         "machine_info": {"node": platform.node(), "machine": platform.machine(), "python": platform.python_version()},
         "benchmarks": [record.to_json() for record in sorted(records, key=lambda r: r.fullname or r.name)],
     }
+    if roofline:
+        document["machine_info"]["roofline"] = roofline
     if incomplete:
         document["incomplete"] = incomplete
     return document

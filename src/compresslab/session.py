@@ -80,6 +80,25 @@ def default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("compresslab"))
 
 
+def probe_peaks(device: str) -> Any:
+    """This machine's roofline peaks (trackers/roofline.py), with the threads just pinned; None, with a
+    warning, when the probe cannot run (the cases still run, without their roofline fractions)."""
+    import logging
+
+    from compresslab.pipeline import progress
+    from compresslab.trackers import roofline
+
+    progress.info("probing this machine's peaks (GEMM GFLOP/s, memory GB/s) ...")
+    try:
+        peaks = roofline.probe(device)
+    except (RuntimeError, MemoryError) as err:
+        logging.getLogger("compresslab").warning("roofline probe failed, no roofline fractions: %s", err)
+        return None
+    progress.info("peaks: %s GFLOP/s, %.1f GB/s read", ", ".join(f"{k} {v:.0f}" for k, v in peaks.gflops.items()),
+                  peaks.bandwidth_gbs)
+    return peaks
+
+
 def results_dir(config: pytest.Config) -> Path:
     path = Path(config.getoption("--compresslab-results-dir"))
     return path if path.is_absolute() else Path(config.rootpath) / path
@@ -141,6 +160,8 @@ class CompresslabSession:
         self._family_of: dict[str, str] | None = None
         self._cases = None
         self._baseline_workloads: dict[str, Any] = {}
+        self.peaks: Any = None  # trackers.roofline.Peaks of this process, probed before its first case
+        self.worker_peaks: dict[str, dict[str, Any]] = {}  # xdist controller: each worker's, as JSON
 
     # --- settings and floors, checked once before anything builds ----------------------------------
 
@@ -217,6 +238,7 @@ class CompresslabSession:
             settings = self.settings
             device.pin_threads(settings.threads)
             cpu_workers_default(settings.threads)
+            self.peaks = probe_peaks(settings.device)
             catalog = self.catalog
             pipeline = Pipeline(ArtifactCache(settings.cache_dir), catalog.methods, rebuild=settings.rebuild,
                                 tasks=catalog.tasks)
@@ -264,10 +286,15 @@ class CompresslabSession:
     # --- records ------------------------------------------------------------------------------------
 
     def record(self, record: Any) -> None:
-        """A finished case (results.CaseRecord): kept for the sidecar and appended to this process's
-        journal before the next case starts (one journal file per process: xdist workers never share one)."""
+        """A finished case (results.CaseRecord): its roofline fractions of this process's peaks added,
+        kept for the sidecar and appended to this process's journal before the next case starts (one
+        journal file per process: xdist workers never share one)."""
         from compresslab import results
 
+        if self.peaks is not None:
+            from compresslab.trackers import roofline
+
+            roofline.add_fractions(record.result, self.peaks)
         self.records.append(record)
         process = os.environ.get("PYTEST_XDIST_WORKER", "main")
         results.append_to_journal(results.journal_path(self.results_dir, self.run_id, process), record)
@@ -280,6 +307,13 @@ class CompresslabSession:
 
     def worker_output(self) -> list[dict[str, Any]]:
         return [record.to_json() for record in self.records]
+
+    def roofline_info(self) -> dict[str, Any] | None:
+        """The run-level probe figures: this process's, or under xdist each worker's (each probed
+        its own before its first case)."""
+        if self.peaks is not None:
+            return self.peaks.as_json()
+        return {"workers": dict(sorted(self.worker_peaks.items()))} if self.worker_peaks else None
 
     def with_journal_records(self, journal: list[dict[str, Any]]) -> list[Any]:
         """This session's records, plus those only a journal holds (an xdist worker that was stopped
@@ -310,7 +344,7 @@ class CompresslabSession:
             return
         if exitstatus == pytest.ExitCode.INTERRUPTED:
             self.ending.incomplete = f"interrupted ({self.stop_signal or 'KeyboardInterrupt'})"
-        document = results.sidecar_document(records, out, self.ending.incomplete)
+        document = results.sidecar_document(records, out, self.ending.incomplete, self.roofline_info())
         self.ending.sidecar = results.write_sidecar(document, out)
         self.ending.cases = len(records)
         results.drop_journals(journals)
