@@ -99,6 +99,15 @@ class BuiltArtifact:
         return sum(stage.build_s for stage in self.stages if stage.name != "base")
 
 
+def apply_stage(method: Method, source: Path, out: Path, ctx: StageContext) -> None:
+    """``method`` on ``source``; a tokenizer a stage before shipped (a trimmed vocabulary) travels on."""
+    from compresslab.models.loading import carry_tokenizer  # torch and transformers: only when building
+
+    method.apply(source, out, ctx)
+    if Path(source) != Path(ctx.base_dir):  # the baseline's own tokenizer is every stage's default
+        carry_tokenizer(source, out)
+
+
 class Pipeline:
     def __init__(self, cache: ArtifactCache, methods: dict[str, Method], rebuild: bool = False,
                  tasks: dict | None = None):
@@ -173,7 +182,7 @@ class Pipeline:
         }
         key = cache_key(inputs)
         entry, built_now = self._get(key, announced(f"stage {name} of {ctx.model_id}",
-                                                    lambda out: method.apply(source.payload, out, ctx)), inputs)
+                                                    lambda out: apply_stage(method, source.payload, out, ctx)), inputs)
         if built_now:
             progress.info("built stage %s of %s in %.1fs", name, ctx.model_id, entry.build_s)
         return entry, StageRecord(name, key, built_now, entry.build_s, stage_records(entry.payload))

@@ -17,7 +17,7 @@ from compresslab.methods.base import Method, StageContext
 from compresslab.models.backends import OrtBackend
 from compresslab.models.export import OPSET, export_graph
 from compresslab.models.graph_runner import GraphRunner, write_runtime
-from compresslab.models.loading import load_pretrained, load_tokenizer
+from compresslab.models.loading import checkpoint_tokenizer, load_pretrained
 from compresslab.models.precision import stays_full_precision
 from compresslab.models.spec import ModelKind
 
@@ -32,15 +32,17 @@ CALIBRATION_MAX_TOKENS = {"classifier": 128, "causal-lm": 128}
 
 
 def export_to(src: Path, ctx: StageContext, path: Path) -> None:
-    """The stage's input checkpoint as an fp32 ONNX graph at ``path``."""
+    """The stage's input checkpoint as an fp32 ONNX graph at ``path`` (traced on ids of the
+    checkpoint's own tokenizer: a trimmed vocabulary has fewer rows)."""
     model = load_pretrained(src, ctx.kind, dtype=torch.float32)
-    export_graph(model, ctx.kind, load_tokenizer(ctx.base_dir), path)
+    export_graph(model, ctx.kind, checkpoint_tokenizer(src, ctx.base_dir), path)
 
 
-def calibration_feeds(graph: Path, ctx: StageContext, n: int) -> list[dict]:
+def calibration_feeds(graph: Path, ctx: StageContext, n: int, src: Path) -> list[dict]:
     """``n`` graph feeds (one text each) from the task's training split, built by the same runner
-    code that feeds the graph at inference: the decoder's position_ids and empty past included."""
-    tokenizer = load_tokenizer(ctx.base_dir)
+    code that feeds the graph at inference: the decoder's position_ids and empty past included.
+    ``src``: the checkpoint the graph was exported from, whose tokenizer numbers the ids."""
+    tokenizer = checkpoint_tokenizer(src, ctx.base_dir)
     runner = GraphRunner(OrtBackend(graph, "cpu", torch.get_num_threads()), tokenizer, "cpu", ctx.kind)
     if ctx.kind == "classifier":
         texts = [example.text for example in ctx.training_examples(n)]
@@ -172,7 +174,7 @@ class OrtExport(Method):
                 if self.quantization == "dynamic-int8":
                     quantize_dynamic_int8(fp32, target, self.weight_matmuls_only, exclude)
                 else:
-                    feeds = calibration_feeds(fp32, ctx, self.calibration_samples)
+                    feeds = calibration_feeds(fp32, ctx, self.calibration_samples, src)
                     quantize_static_int8(fp32, target, feeds, ctx.kind, exclude)
         write_runtime(out, "onnxruntime", MODEL_FILE, exporter="torch.onnx dynamo", opset=OPSET,
                       quantization=self.quantization)

@@ -111,7 +111,7 @@ class OpenVinoExport(Method):
             export_to(src, ctx, graph)
             model = ov.convert_model(str(graph))
             if self.compression is not None:
-                feeds = calibration_feeds(graph, ctx, self.calibration_samples) if self.uses_task_data else None
+                feeds = calibration_feeds(graph, ctx, self.calibration_samples, src) if self.uses_task_data else None
                 model = compress(model, self.compression, feeds, self.int4_ratio, self.group_size, self.awq,
                                  keep=full_precision_ops(model, graph, ctx.kind))
             # fp32 stays fp32 on disk (save_model would halve it to fp16 by default)

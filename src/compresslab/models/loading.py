@@ -39,3 +39,24 @@ def load_tokenizer(path: Path):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def ships_tokenizer(checkpoint: Path) -> bool:
+    """True when ``checkpoint`` carries a tokenizer/ dir of its own (a baseline, or a stage that
+    changed the vocabulary: methods/vocab_trim.py)."""
+    return (Path(checkpoint) / TOKENIZER_DIR).is_dir()
+
+
+def checkpoint_tokenizer(checkpoint: Path, base: Path):
+    """The tokenizer that matches ``checkpoint``'s token ids: its own when it ships one (a trimmed
+    vocabulary renumbers the ids), else the baseline's (no other compression changes the tokenizer)."""
+    return load_tokenizer(checkpoint if ships_tokenizer(checkpoint) else base)
+
+
+def carry_tokenizer(source: Path, out: Path) -> None:
+    """Copy ``source``'s own tokenizer into a stage's ``out`` that wrote none, so a vocabulary
+    change travels down a chain (``vocab-trim+int8-dynamic``) whichever method comes next."""
+    import shutil
+
+    if ships_tokenizer(source) and not ships_tokenizer(out):
+        shutil.copytree(Path(source) / TOKENIZER_DIR, Path(out) / TOKENIZER_DIR)
