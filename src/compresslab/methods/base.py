@@ -20,7 +20,7 @@ from compresslab.models.spec import ModelKind
 
 # import name -> distribution name, where they differ
 DISTRIBUTIONS = {"onnxruntime": "onnxruntime", "openvino": "openvino", "gptqmodel": "gptqmodel",
-                 "optimum.quanto": "optimum-quanto"}
+                 "optimum.quanto": "optimum-quanto", "llama_cpp": "llama-cpp-python"}
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from compresslab.models.formats import saved_format
-from compresslab.models.loading import checkpoint_tokenizer, load_pretrained, load_tokenizer
+from compresslab.models.loading import checkpoint_tokenizer, load_pretrained
 from compresslab.models.graph_runner import GraphRunner, load_graph_runner, runtime_of
 from compresslab.models.spec import ModelKind
 
@@ -70,7 +70,7 @@ def load_runner(artifact: Path, base: Path, kind: ModelKind, device: str) -> Tor
     if runtime is not None and runtime["runtime"] == "llama.cpp":  # a GGUF file (methods/gguf_export.py)
         from compresslab.models.llama_cpp_runner import load_llama_cpp_runner
 
-        return load_llama_cpp_runner(artifact, load_tokenizer(base), kind, device, runtime)
+        return load_llama_cpp_runner(artifact, checkpoint_tokenizer(artifact, base), kind, device, runtime)
     if runtime is not None:  # an exported graph runs on its own runtime
         return load_graph_runner(artifact, checkpoint_tokenizer(artifact, base), kind, device, runtime)
     model = load_pretrained(artifact, kind, device=device, dtype="auto")

@@ -1,0 +1,183 @@
+"""Runner of a GGUF artifact on llama.cpp (through llama-cpp-python's binding of llama.h): the same
+``logits(inputs)`` the tasks and the timer call on eager PyTorch, and the ``start``/``step`` decode loop.
+
+Token ids go in, logits come out: llama.cpp's tokenizer is never used, so every task scores exactly
+the ids the baseline scores. One sequence lives in the context's KV cache at a time: a batch is
+evaluated row by row, each row's real tokens (attention mask 1) from position 0, which is what a
+padded row with the mask and mask-derived position ids means to eager PyTorch.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from compresslab.models.spec import ModelKind
+
+RUNTIME = "llama.cpp"
+MAX_CONTEXT = 2048  # the longest sequence a task or the timer feeds (perplexity windows: 512)
+BATCH_TOKENS = 512  # tokens per llama_decode call (n_batch = n_ubatch): a perplexity window in one call
+
+
+def _quiet_llama_cpp() -> None:
+    """llama.cpp logs every load and context at info level to stderr; keep its warnings and errors."""
+    logging.getLogger("llama-cpp-python").setLevel(logging.WARNING)
+
+
+class LlamaCppContext:
+    """A loaded GGUF model, one context (KV cache) and one token batch, freed with this object."""
+
+    def __init__(self, model_file: Path, threads: int, n_ctx: int = MAX_CONTEXT, n_batch: int = BATCH_TOKENS):
+        import llama_cpp
+
+        _quiet_llama_cpp()
+        self.lib = llama_cpp
+        llama_cpp.llama_backend_init()
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = 0
+        self.model = llama_cpp.llama_model_load_from_file(str(model_file).encode(), model_params)
+        if not self.model:
+            raise RuntimeError(f"llama.cpp could not load {model_file}")
+        self.n_ctx = min(n_ctx, llama_cpp.llama_model_n_ctx_train(self.model))
+        self.n_batch = min(n_batch, self.n_ctx)
+        self.threads = threads
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_ubatch = self.n_ctx, self.n_batch, self.n_batch
+        params.n_threads = params.n_threads_batch = threads
+        params.no_perf = True
+        self.ctx = llama_cpp.llama_init_from_model(self.model, params)
+        if not self.ctx:
+            llama_cpp.llama_model_free(self.model)
+            raise RuntimeError(f"llama.cpp could not create a context of {self.n_ctx} tokens for {model_file}")
+        self.batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.model))
+        self._free = weakref.finalize(self, _free, llama_cpp, self.model, self.ctx, self.batch)
+
+    def clear(self) -> None:
+        """Forget the cached sequence: the next decode starts a new one."""
+        self.lib.llama_memory_clear(self.lib.llama_get_memory(self.ctx), True)
+
+    def decode(self, tokens: list[int], first_pos: int, wanted: list[bool]) -> np.ndarray:
+        """Evaluate ``tokens`` at positions ``first_pos...`` of the cached sequence; the logits of
+        the positions flagged in ``wanted``, in order, as [n wanted, vocab]."""
+        if first_pos + len(tokens) > self.n_ctx:
+            raise ValueError(f"{first_pos + len(tokens)} tokens exceed the llama.cpp context of {self.n_ctx}")
+        rows = []
+        for start in range(0, len(tokens), self.n_batch):
+            chunk, flags = tokens[start : start + self.n_batch], wanted[start : start + self.n_batch]
+            self._fill(chunk, first_pos + start, flags)
+            status = self.lib.llama_decode(self.ctx, self.batch)
+            if status != 0:
+                raise RuntimeError(f"llama_decode failed (status {status}) on {len(chunk)} tokens")
+            n_out = sum(flags)
+            if n_out:
+                logits = self.lib.llama_get_logits(self.ctx)
+                rows.append(np.ctypeslib.as_array(logits, shape=(n_out * self.n_vocab,)).reshape(n_out, -1).copy())
+        return np.concatenate(rows) if rows else np.zeros((0, self.n_vocab), dtype=np.float32)
+
+    def _fill(self, tokens: list[int], first_pos: int, flags: list[bool]) -> None:
+        batch = self.batch
+        batch.n_tokens = len(tokens)
+        for i, (token, flag) in enumerate(zip(tokens, flags)):
+            batch.token[i] = token
+            batch.pos[i] = first_pos + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = flag
+
+
+def _free(lib, model, ctx, batch) -> None:
+    lib.llama_batch_free(batch)
+    lib.llama_free(ctx)
+    lib.llama_model_free(model)
+
+
+def real_span(mask: torch.Tensor) -> tuple[int, int]:
+    """[start, end) of a row's real tokens; padding may sit on either side, never inside."""
+    real = mask.nonzero().flatten()
+    if len(real) == 0:
+        raise ValueError("a row of the batch has no token with attention mask 1")
+    start, end = int(real[0]), int(real[-1]) + 1
+    if end - start != len(real):
+        raise ValueError("llama.cpp rows take padding on the left or right only, not inside a row")
+    return start, end
+
+
+@dataclass
+class LlamaCppRunner:
+    context: LlamaCppContext
+    tokenizer: Any
+    device: str
+    kind: ModelKind
+    gguf_type: str
+    model: None = None  # no torch module: module-level trackers (sparsity) do not apply
+    n_past: int = field(default=0, init=False)  # tokens of the sequence now in the KV cache
+
+    @property
+    def is_causal_lm(self) -> bool:
+        return self.kind == "causal-lm"
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {"runtime": RUNTIME, "threads": self.context.threads, "threads_batch": self.context.threads,
+                "gguf_type": self.gguf_type, "n_ctx": self.context.n_ctx, "n_batch": self.context.n_batch}
+
+    def logits(self, inputs: dict[str, torch.Tensor], keep_last: int | None = None) -> torch.Tensor:
+        ids = inputs["input_ids"]
+        mask = inputs.get("attention_mask", torch.ones_like(ids))
+        width = ids.shape[1] if keep_last is None else min(keep_last, ids.shape[1])
+        out = torch.zeros(ids.shape[0], width, self.context.n_vocab)
+        for row in range(ids.shape[0]):
+            start, end = real_span(mask[row])
+            self._check_positions(inputs.get("position_ids"), row, start, end)
+            first_kept = ids.shape[1] - width  # padded coordinates of the first returned position
+            wanted = [pos >= first_kept for pos in range(start, end)]
+            self.context.clear()
+            logits = self.context.decode(ids[row, start:end].tolist(), 0, wanted)
+            if len(logits):
+                out[row, end - first_kept - len(logits) : end - first_kept] = torch.from_numpy(logits)
+        self.n_past = 0  # the cache holds a scoring row, not a decode sequence
+        return out
+
+    @staticmethod
+    def _check_positions(position_ids: torch.Tensor | None, row: int, start: int, end: int) -> None:
+        """Each row runs from position 0: given position ids must say the same for its real tokens."""
+        if position_ids is None:
+            return
+        given = position_ids[row, start:end]
+        if not torch.equal(given, torch.arange(end - start, dtype=given.dtype)):
+            raise ValueError(f"llama.cpp rows start at position 0; row {row} has position ids "
+                             f"{given[:4].tolist()}... for its first real tokens")
+
+    # The decode loop (batch 1): state = the number of tokens in the KV cache after the call.
+    def start(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+        if input_ids.shape[0] != 1:
+            raise ValueError(f"the llama.cpp decode loop takes one sequence, got a batch of {input_ids.shape[0]}")
+        self.context.clear()
+        self.n_past = 0
+        return self.step(input_ids, 0)
+
+    def step(self, token_ids: torch.Tensor, state: int) -> tuple[torch.Tensor, int]:
+        if state != self.n_past:
+            raise ValueError(f"decode state {state} is not the sequence in llama.cpp's cache ({self.n_past} tokens)")
+        tokens = token_ids[0].tolist()
+        logits = self.context.decode(tokens, state, [False] * (len(tokens) - 1) + [True])
+        self.n_past = state + len(tokens)
+        return torch.from_numpy(logits), self.n_past
+
+
+def load_llama_cpp_runner(artifact: Path, tokenizer, kind: ModelKind, device: str,
+                          runtime: dict[str, Any]) -> LlamaCppRunner:
+    from compresslab.errors import MethodUnsupported
+
+    if device != "cpu":
+        raise MethodUnsupported(f"the llama.cpp rows run on the CPU, not on {device}")
+    threads = torch.get_num_threads()  # pinned by the suite to --compresslab-threads, as for PyTorch
+    context = LlamaCppContext(Path(artifact) / runtime["model"], threads)
+    return LlamaCppRunner(context, tokenizer, device, kind, runtime.get("gguf_type", "unknown"))
