@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from compresslab.errors import MethodUnsupported
+from compresslab.models.ov_stateful import PAST_PREFIX, make_stateful
 
 OV_PRECISION = "f32"  # true fp32 arithmetic: rows compare compression, not the CPU plugin's bf16 default
 OV_PRECISIONS = ("f32", "bf16")  # bf16: a row of its own (ov-bf16), where the CPU computes in it
@@ -32,11 +33,18 @@ def ort_session_options(threads: int):
     return options
 
 
+def ort_device_index(device: str) -> int:
+    return int(device.split(":")[1]) if ":" in device else 0
+
+
 def ort_providers(device: str) -> list:
     if device.startswith("cuda"):
-        index = int(device.split(":")[1]) if ":" in device else 0
-        return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+        return [("CUDAExecutionProvider", {"device_id": ort_device_index(device)}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def has_kv_cache(input_names) -> bool:
+    return any(name.startswith(PAST_PREFIX) for name in input_names)
 
 
 class OrtBackend:
@@ -52,12 +60,32 @@ class OrtBackend:
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.input_shapes = {i.name: list(i.shape) for i in self.session.get_inputs()}
         self.output_names = tuple(o.name for o in self.session.get_outputs())
+        # where IO binding leaves outputs: the device the session computes on
+        self.output_device = ("cuda", ort_device_index(device)) if device.startswith("cuda") else ("cpu", 0)
         self.settings = {"runtime": "onnxruntime", "providers": self.session.get_providers(),
                          "intra_op_threads": threads, "inter_op_threads": 1, "spinning": False,
                          "graph_optimization": "ORT_ENABLE_ALL"}
+        if has_kv_cache(self.input_names):
+            self.settings["kv_cache"] = "io-binding"
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(None, feeds)
+
+    def run_cached(self, feeds: dict[str, Any], new_sequence: bool) -> tuple[np.ndarray, list]:
+        """A decode step through IO binding: the logits come back as a numpy array, the presents
+        stay ORT values on the session's device, bound as the next step's past as they are (on
+        CUDA the cache never crosses to the host; on the CPU no numpy array is made of it)."""
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, value)
+            else:
+                binding.bind_ortvalue_input(name, value)
+        for name in self.output_names:
+            binding.bind_output(name, *self.output_device)
+        self.session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        return outputs[0].numpy(), list(outputs[1:])
 
 
 def ov_device(device: str) -> str:
@@ -81,14 +109,21 @@ def ov_has_bf16() -> bool:
 
 
 class OpenVinoBackend:
-    def __init__(self, model_file: Path, device: str, threads: int, precision: str = OV_PRECISION):
+    """A decoder is compiled in OpenVINO's stateful form (models/ov_stateful.py) unless
+    ``stateful=False``: its KV cache stays inside the model between decode steps."""
+
+    def __init__(self, model_file: Path, device: str, threads: int, precision: str = OV_PRECISION,
+                 stateful: bool = True):
         import openvino as ov
 
         if precision not in OV_PRECISIONS:
             raise ValueError(f"OpenVINO precision hint {precision!r}; valid: {', '.join(OV_PRECISIONS)}")
         target = ov_device(device)
         core = ov.Core()
-        self.compiled = core.compile_model(core.read_model(str(model_file)), target, ov_config(threads, precision))
+        model = core.read_model(str(model_file))
+        explicit_cache = has_kv_cache(port.get_any_name() for port in model.inputs)
+        self.stateful = stateful and make_stateful(model)
+        self.compiled = core.compile_model(model, target, ov_config(threads, precision))
         self.request = self.compiled.create_infer_request()
         self.input_names = tuple(i.get_any_name() for i in self.compiled.inputs)
         self.input_shapes = {i.get_any_name(): [d.get_length() if d.is_static else None for d in i.get_partial_shape()]
@@ -98,12 +133,30 @@ class OpenVinoBackend:
                          "threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
                          "precision": self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
                          "performance_hint": "LATENCY", "streams": 1}
+        if explicit_cache:
+            self.settings["kv_cache"] = "stateful" if self.stateful else "explicit"
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        # inputs shared, not copied (the call is synchronous); outputs copied (share_outputs=False):
+        # the request reuses its output buffers on the next call
+        results = self.request.infer(feeds, share_inputs=True)
+        return [results[output] for output in self.compiled.outputs]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        results = self.request.infer(feeds)
-        # copies: the request reuses its output buffers on the next call, and the decode loop
-        # feeds this step's presents into the next one
-        return [np.array(results[output]) for output in self.compiled.outputs]
+        """One whole sequence: a stateful model starts from an empty cache."""
+        if self.stateful:
+            self.request.reset_state()
+        return self.infer(feeds)
+
+    def run_cached(self, feeds: dict[str, np.ndarray], new_sequence: bool) -> tuple[np.ndarray, list]:
+        """A decode step: stateful, the cache stays in the request (reset at a sequence's start);
+        otherwise this step's presents come back to be fed as the next step's past."""
+        if self.stateful:
+            if new_sequence:
+                self.request.reset_state()
+            return self.infer(feeds)[0], []
+        outputs = self.infer(feeds)
+        return outputs[0], outputs[1:]
 
 
 BACKENDS = {"onnxruntime": OrtBackend, "openvino": OpenVinoBackend}

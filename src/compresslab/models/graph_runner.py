@@ -17,10 +17,12 @@ import numpy as np
 import torch
 
 from compresslab.models.backends import BACKENDS
+from compresslab.models.ov_stateful import BEAM_INPUT, PAST_PREFIX
 from compresslab.models.spec import ModelKind
 
 RUNTIME_FILE = "compresslab_runtime.json"  # which runtime and file an exported artifact ships
-PAST_PREFIX = "past."
+# runtimes with a runner of their own rather than a graph backend (runner.load_runner dispatches them)
+OWN_RUNNERS = ("llama.cpp",)
 
 
 def runtime_of(artifact: Path) -> dict[str, Any] | None:
@@ -29,13 +31,30 @@ def runtime_of(artifact: Path) -> dict[str, Any] | None:
 
 
 def write_runtime(out: Path, runtime: str, model_file: str, **details: Any) -> None:
-    if runtime not in BACKENDS:
-        raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(BACKENDS)}")
+    if runtime not in (*BACKENDS, *OWN_RUNNERS):
+        raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join((*BACKENDS, *OWN_RUNNERS))}")
     (Path(out) / RUNTIME_FILE).write_text(json.dumps({"runtime": runtime, "model": model_file, **details}, indent=1))
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy()
+
+
+@dataclass(frozen=True)
+class CacheState:
+    """A decode loop's state between steps: how many tokens the KV cache holds, and the cache
+    tensors where they travel between calls (numpy arrays, or ORT values that stay on the device);
+    none where the cache lives inside the compiled model (OpenVINO's stateful form)."""
+
+    length: int
+    tensors: tuple = ()
+
+
+def cache_length(tensors) -> int:
+    if not tensors:
+        return 0
+    shape = tensors[0].shape
+    return int((shape() if callable(shape) else shape)[2])  # an ORT value's shape is a method
 
 
 @dataclass
@@ -59,23 +78,29 @@ class GraphRunner:
         return self.backend.settings
 
     def empty_past(self, batch: int) -> list[np.ndarray]:
-        """Zero-length cache tensors, shaped [batch, kv heads, 0, head dim] from the graph's inputs."""
+        """Zero-length cache tensors, shaped [batch, kv heads, 0, head dim] from the graph's inputs
+        (none for a graph that keeps its cache as state)."""
         past = []
         for name in self.past_names:
             _, heads, _, head_dim = self.backend.input_shapes[name]
             past.append(np.zeros((batch, heads, 0, head_dim), dtype=np.float32))
         return past
 
-    def feeds(self, inputs: dict[str, torch.Tensor], past: list[np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    def feeds(self, inputs: dict[str, torch.Tensor], past: list | tuple | None = None,
+              past_len: int | None = None) -> dict[str, Any]:
+        """The graph's feeds for ``inputs`` after a cache of ``past_len`` tokens (by default the
+        length of the ``past`` tensors given, or of an empty cache)."""
         ids = inputs["input_ids"]
         past = past if past is not None else self.empty_past(ids.shape[0])
-        past_len = past[0].shape[2] if past else 0
+        past_len = cache_length(past) if past_len is None else past_len
         made = {
             "token_type_ids": lambda: np.zeros(tuple(ids.shape), dtype=np.int64),
             "attention_mask": lambda: np.ones((ids.shape[0], past_len + ids.shape[1]), dtype=np.int64),
             # as eager PyTorch without position_ids: positions continue after the cache
             "position_ids": lambda: np.broadcast_to(np.arange(past_len, past_len + ids.shape[1]),
                                                     tuple(ids.shape)).copy(),
+            # a stateful graph's cache rows to continue from: each row its own (no beam reordering)
+            BEAM_INPUT: lambda: np.arange(ids.shape[0], dtype=np.int32),
         }
         feeds = dict(zip(self.past_names, past))
         for name in self.backend.input_names:
@@ -91,16 +116,21 @@ class GraphRunner:
         return feeds
 
     def logits(self, inputs: dict[str, torch.Tensor], keep_last: int | None = None) -> torch.Tensor:
+        """One whole sequence per call, from an empty cache."""
         logits = torch.from_numpy(self.backend.run(self.feeds(inputs))[0])
         return logits[:, -keep_last:] if keep_last is not None and logits.dim() == 3 else logits
 
-    # The decode loop (batch 1 or equal-length rows): state = the presents of the last call.
-    def start(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, list[np.ndarray]]:
+    # The decode loop (batch 1 or equal-length rows): the backend keeps the cache the way its runtime
+    # would ship (OpenVINO: as state inside the model; ONNX Runtime: as ORT values bound to the next call).
+    def start(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, CacheState]:
         return self.step(input_ids, None)  # a prefill is a step from the empty cache
 
-    def step(self, token_ids: torch.Tensor, state: list[np.ndarray] | None) -> tuple[torch.Tensor, list[np.ndarray]]:
-        outputs = self.backend.run(self.feeds({"input_ids": token_ids}, past=state))
-        return torch.from_numpy(outputs[0][:, -1]), outputs[1:]
+    def step(self, token_ids: torch.Tensor, state: CacheState | None) -> tuple[torch.Tensor, CacheState]:
+        if state is None:
+            state = CacheState(0, tuple(self.empty_past(token_ids.shape[0])))
+        feeds = self.feeds({"input_ids": token_ids}, past=state.tensors, past_len=state.length)
+        logits, cache = self.backend.run_cached(feeds, new_sequence=state.length == 0)
+        return torch.from_numpy(logits[:, -1]), CacheState(state.length + token_ids.shape[1], tuple(cache))
 
 
 def load_graph_runner(artifact: Path, tokenizer, kind: ModelKind, device: str, runtime: dict[str, Any]) -> GraphRunner:
