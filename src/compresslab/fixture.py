@@ -69,6 +69,9 @@ class Case:
             sync()
 
         timing = not getattr(benchmark, "disabled", False)
+        if timing and static_shapes_pay(runner):
+            runner.specialize(inputs)  # the timed shape compiled as it would ship; recorded in runtime settings
+            self.result.runtime = runner.settings
         before = self.session.baseline_block(self.spec, self.baseline) if timing and not self.is_baseline else None
         benchmark.pedantic(infer, rounds=settings.rounds, warmup_rounds=settings.warmup, iterations=1)
         if benchmark.stats is not None and timing:
@@ -125,6 +128,14 @@ class Case:
         lines = "\n".join(f"  - {v.message}" for v in violations)
         return (f"{self.id} is below its floors ({self.session.floors.source}):\n{lines}\n"
                 f"  measured: {_fmt(self.measurement.metrics)}\n  baseline: {_fmt(self.baseline.metrics)}")
+
+
+def static_shapes_pay(runner) -> bool:
+    """Whether the case's timed workload runs on a static-shape compile: graph runtimes where
+    that measured faster (models/backends.STATIC_SHAPE_RUNTIMES), never eager PyTorch or a decoder."""
+    from compresslab.models.backends import STATIC_SHAPE_RUNTIMES
+
+    return getattr(runner, "can_specialize", False) and runner.settings["runtime"] in STATIC_SHAPE_RUNTIMES
 
 
 def _fmt(metrics: dict[str, float]) -> str:

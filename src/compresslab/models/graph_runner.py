@@ -120,6 +120,18 @@ class GraphRunner:
         logits = torch.from_numpy(self.backend.run(self.feeds(inputs))[0])
         return logits[:, -keep_last:] if keep_last is not None and logits.dim() == 3 else logits
 
+    @property
+    def can_specialize(self) -> bool:
+        """Whether one static-shape compile can serve a timed call (not a decoder: its cache grows)."""
+        return not self.is_causal_lm and hasattr(self.backend, "specialize")
+
+    def specialize(self, inputs: dict[str, torch.Tensor]) -> None:
+        """Compile the graph for exactly these inputs' shapes too (the timed workload); every other
+        shape, the evaluation's included, still runs on the dynamic graph. Recorded in settings."""
+        if not self.can_specialize:
+            raise ValueError(f"a {self.kind} graph on {self.settings['runtime']} is not compiled for static shapes")
+        self.backend.specialize(self.feeds(inputs))
+
     # The decode loop (batch 1 or equal-length rows): the backend keeps the cache the way its runtime
     # would ship (OpenVINO: as state inside the model; ONNX Runtime: as ORT values bound to the next call).
     def start(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, CacheState]:
