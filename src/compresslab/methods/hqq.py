@@ -2,6 +2,11 @@
 
 hqq's ``HQQLinear`` replaces each Linear the one full-precision rule converts (models/precision.py);
 its zero points are fitted to the weights alone by a half-quadratic solver, so no data enters.
+``zero_point="min-max"`` turns the solver off and keeps each group's zero point as a float (hqq
+rounds it to an integer at 4 bits by default): each group is then the plain min-max grid, which
+reproduces weights made on such a grid (SmolLM2's, dequantized from Q4_1: asymmetric, groups of
+32 along the input dimension) to fp32 rounding, given fp32 scales (``compute_dtype="float32"``:
+hqq keeps scale and zero in the compute dtype, and a bf16 scale is itself off the grid).
 transformers 5.17's ``HqqConfig`` is not implemented ("QuantizationMethod.HQQ is not available
 yet"), so this module quantizes, saves and reloads through hqq's own module API, and registers
 the saved format itself (models/formats.py):
@@ -36,6 +41,9 @@ GROUP_SIZES = (32, 64, 128)
 # bf16 halves what stays unquantized (the embedding is most of a small model's bytes once its
 # Linears are 4-bit) and runs its matmuls about 4x faster than fp32 on a CPU with BF16 units.
 COMPUTE_DTYPES = ("bfloat16", "float32")
+# "fitted": hqq's defaults (zero rounded to an integer at 4 bits, then the half-quadratic solver moves
+# zero and scale off min-max); "min-max": no solver, a float zero point (the oracle rows' grid)
+ZERO_POINTS = ("fitted", "min-max")
 MARKER = "compresslab_hqq.json"
 WEIGHTS = "hqq_model.safetensors"
 FORMAT_SCHEMA = 1
@@ -46,6 +54,7 @@ class HQQ(Method):
     bits: int = 4
     group_size: int = 64
     compute_dtype: str = "bfloat16"
+    zero_point: str = "fitted"
     family: ClassVar[str] = "hqq"
     requires_packages: ClassVar[tuple[str, ...]] = ("hqq",)
     # Only the CPU path is verified; hqq's CUDA path would need its GPU kernels checked the same way.
@@ -60,30 +69,45 @@ class HQQ(Method):
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"HQQ.compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, "
                              f"got {self.compute_dtype!r}")
+        if self.zero_point not in ZERO_POINTS:
+            raise ValueError(f"HQQ.zero_point must be one of {', '.join(ZERO_POINTS)}, got {self.zero_point!r}")
 
     def apply(self, src: Path, out: Path, ctx: StageContext) -> None:
         if is_hqq(src, {}):  # its Linears are HQQLinear already: nothing left to quantize, the marker would lie
             raise MethodUnsupported("its input is HQQ-quantized already")
         model = load_pretrained(src, ctx.kind, dtype=torch.float32)  # quantize from the fp32 weights
-        names = quantize_linears(model, ctx.kind, self.bits, self.group_size, getattr(torch, self.compute_dtype))
+        names = quantize_linears(model, ctx.kind, self.bits, self.group_size, getattr(torch, self.compute_dtype),
+                                 zero_point=self.zero_point)
         cast_parameters(model, getattr(torch, self.compute_dtype))
         save_hqq(model, out, {"schema": FORMAT_SCHEMA, **asdict(self), "modules": names})  # before any forward
 
 
 def quantize_linears(model: nn.Module, kind: ModelKind, bits: int, group_size: int, compute_dtype: torch.dtype,
-                     device: str = "cpu") -> list[str]:
+                     device: str = "cpu", zero_point: str = "fitted") -> list[str]:
     """Replace each Linear the precision rule converts by an HQQLinear; returns their names."""
-    from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
+    from hqq.core.quantize import HQQLinear
 
-    # axis=1: groups run along each row's input dimension, as in GPTQ, AWQ and the GGUF grids; on
-    # SmolLM2's blocks it measured 7.3% relative weight error at 4 bits, grouping columns (axis=0) 9%
-    config = BaseQuantizeConfig(nbits=bits, group_size=group_size, axis=1)
+    config = quant_config(bits, group_size, zero_point)
     linears = quantizable_linears(model, kind)
     for name, linear in linears:
         check_groups_fit(name, linear.in_features, group_size)
     for name, linear in linears:
         replace_module(model, name, HQQLinear(linear, config, compute_dtype=compute_dtype, device=device))
     return [name for name, _ in linears]
+
+
+def quant_config(bits: int, group_size: int, zero_point: str = "fitted") -> dict:
+    """hqq's quantization config for ``bits`` in groups of ``group_size`` along the input dimension."""
+    from hqq.core.quantize import BaseQuantizeConfig
+
+    if zero_point not in ZERO_POINTS:
+        raise ValueError(f"zero_point must be one of {', '.join(ZERO_POINTS)}, got {zero_point!r}")
+    # axis=1: groups run along each row's input dimension, as in GPTQ, AWQ and the GGUF grids; on
+    # SmolLM2's blocks it measured 7.3% relative weight error at 4 bits, grouping columns (axis=0) 9%
+    config = BaseQuantizeConfig(nbits=bits, group_size=group_size, axis=1)
+    if zero_point == "min-max":  # the keys hqq's own config builder sets for its defaults
+        config["weight_quant_params"].update(optimize=False, round_zero=False)
+    return config
 
 
 def cast_parameters(model: nn.Module, dtype: torch.dtype) -> None:
