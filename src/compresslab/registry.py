@@ -12,6 +12,7 @@ from compresslab.methods.base import Method
 from compresslab.methods.bnb import BitsAndBytesQuant
 from compresslab.methods.distill import LayerDropDistill
 from compresslab.methods.dtype import Baseline, DtypeCast
+from compresslab.methods.gguf_export import GgufExport
 from compresslab.methods.gptq import AWQ, GPTQ
 from compresslab.methods.hqq import HQQ
 from compresslab.methods.int4_weight import Int4WeightOnly
@@ -23,6 +24,7 @@ from compresslab.methods.pruning import MagnitudePrune
 from compresslab.methods.structured import StructuredPrune
 from compresslab.methods.torchao_quant import TorchaoQuant
 from compresslab.methods.torchao_static import TorchaoStaticInt8
+from compresslab.methods.vocab_trim import VocabTrim
 from compresslab.models.embedded import MiniLMTweetClassifier, SmolLM2FromGGUF
 from compresslab.models.finetune import FinetuneConfig, TrainBudget
 from compresslab.models.hub import HubModel
@@ -101,6 +103,11 @@ ROWS: tuple[Row, ...] = (
     Row("awq-w4g64", AWQ(bits=4, group_size=64)),  # SmolLM2's 576-wide layers: gptqmodel AWQ needs 576 % group == 0
     Row("hqq-w4g64", HQQ(bits=4, group_size=64), default=BOTH),
     Row("hqq-w3g64", HQQ(bits=3, group_size=64), default=BOTH),
+    # Oracle rows (README: "Which 4-bit rows are on the model's original grid"): SmolLM2's weights are
+    # Q4_1 underneath (asymmetric, groups of 32 along the input dimension), so these must reproduce
+    # its fp32 perplexity wherever the format can hold that grid; one that cannot is a known failure.
+    Row("hqq-w4g32-asym", HQQ(bits=4, group_size=32, compute_dtype="float32", zero_point="min-max")),
+    Row("gptq-w4g32-asym", GPTQ(bits=4, group_size=32, sym=False)),
     # sparsity and structure
     Row("prune-l1-50", MagnitudePrune(sparsity=0.5, scope="layer")),
     Row("prune-global-50", MagnitudePrune(sparsity=0.5, scope="global")),
@@ -114,6 +121,8 @@ ROWS: tuple[Row, ...] = (
     Row("wanda-50", OneShotSparsity(algorithm="wanda", sparsity=0.5)),
     Row("prune-struct-30", StructuredPrune(fraction=0.3)),
     Row("distill-half", LayerDropDistill(keep_every=2), default=CLF),
+    # the vocabulary the task's training split uses: tokenizer and word embedding shrink together
+    Row("vocab-trim", VocabTrim()),
     Row("lowrank-svd", LowRankSVD(energy=0.6)),
     # runtimes. ort-int8-static (per-tensor QDQ from min-max calibration) fell below its floors on both
     # models (MiniLM 97.8% accuracy at 0.61x fp32 speed; SmolLM2 perplexity 140.6)
@@ -125,6 +134,17 @@ ROWS: tuple[Row, ...] = (
     Row("ov-int8", OpenVinoExport(compression="int8"), default=CLF),
     Row("ov-int8-weights", OpenVinoExport(compression="int8-weights"), default=LM),
     Row("ov-int4-weights", OpenVinoExport(compression="int4-weights"), default=BOTH),
+    # int8 graphs whose embedding tables are 4-bit (int8 PTQ and dynamic int8 already store them in 8 bits)
+    Row("ov-int8-emb4", OpenVinoExport(compression="int8", embeddings="int4")),
+    Row("ort-int8-emb4", OrtExport(quantization="dynamic-int8", embeddings="int4")),
+    # llama.cpp on a GGUF file of the decoder (methods/gguf_export.py; the llama extra, else skipped).
+    # gguf-q4_1 is an oracle row: llama.cpp's Q4_1 is SmolLM2's own grid, so it must reproduce fp32.
+    Row("gguf-f32", GgufExport(gguf_type="f32")),
+    Row("gguf-q8_0", GgufExport(gguf_type="q8_0")),
+    Row("gguf-q4_1", GgufExport(gguf_type="q4_1")),
+    Row("gguf-q4_0", GgufExport(gguf_type="q4_0")),
+    Row("gguf-q4_k_m", GgufExport(gguf_type="q4_k_m"), default=LM),
+    Row("ov-w4g32-asym", OpenVinoExport(compression="int4-weights", group_size=32, int4_ratio=1.0, awq=False)),
     # chains: the combinations of the study this project grew from (distillation + quantization was
     # its best). On SmolLM2-135M the distilled student pruned to 50% by magnitude measured perplexity
     # 103,300: worse than a uniform guess over its 49,152-token vocabulary.
@@ -134,6 +154,11 @@ ROWS: tuple[Row, ...] = (
     Row("prune-global-50+gptq-w4g128"),
     Row("distill-half+ort-int8"),
     Row("distill-half+ov-int8", default=CLF),
+    # the trimmed vocabulary under the runtimes (the embedding is half of MiniLM)
+    Row("vocab-trim+ort-int8"),
+    Row("distill-half+vocab-trim+int8-dynamic"),
+    Row("distill-half+vocab-trim+ov-int8"),
+    Row("distill-half+vocab-trim+ov-int8-emb4", default=CLF),
 )
 
 METHODS: dict[str, Method] = {row.id: row.method for row in ROWS if row.method is not None}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import json
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -60,8 +61,9 @@ def read_config(src: Path) -> dict[str, Any]:
     if config.get("hidden_act", "silu") != "silu":
         raise MethodUnsupported(f"llama.cpp's Llama graph uses SiLU, not {config['hidden_act']}")
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    if rope.get("rope_type", rope.get("type", "default")) != "default":
-        raise MethodUnsupported(f"GGUF export writes plain RoPE, not rope type {rope.get('rope_type', rope.get('type'))}")
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        raise MethodUnsupported(f"GGUF export writes plain RoPE, not rope type {rope_type}")
     return config
 
 
@@ -243,6 +245,14 @@ def quantize_gguf(source: Path, target: Path, gguf_type: str, threads: int) -> N
         raise RuntimeError(f"llama_model_quantize to {gguf_type} failed (status {status})")
 
 
+def tensor_types(path: Path) -> dict[str, int]:
+    """How many tensors of the file each GGUF type holds: llama.cpp's recipe chooses per tensor (a
+    k-quant falls back to another type for rows not a multiple of its 256-wide blocks)."""
+    from gguf import GGUFReader
+
+    return dict(sorted(Counter(t.tensor_type.name for t in GGUFReader(path).tensors).items()))
+
+
 @dataclass(frozen=True)
 class GgufExport(Method):
     gguf_type: str = "f32"
@@ -272,4 +282,4 @@ class GgufExport(Method):
                 f32 = Path(tmp) / MODEL_FILE
                 write_float_gguf(src, tokenizer, f32, "f32", ctx.model_id)
                 quantize_gguf(f32, target, self.gguf_type, torch.get_num_threads())
-        write_runtime(out, RUNTIME, MODEL_FILE, gguf_type=self.gguf_type)
+        write_runtime(out, RUNTIME, MODEL_FILE, gguf_type=self.gguf_type, tensor_types=tensor_types(target))

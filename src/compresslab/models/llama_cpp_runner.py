@@ -116,6 +116,7 @@ class LlamaCppRunner:
     device: str
     kind: ModelKind
     gguf_type: str
+    tensor_types: dict[str, int] = field(default_factory=dict)  # per GGUF type, from the export
     model: None = None  # no torch module: module-level trackers (sparsity) do not apply
     n_past: int = field(default=0, init=False)  # tokens of the sequence now in the KV cache
 
@@ -126,7 +127,8 @@ class LlamaCppRunner:
     @property
     def settings(self) -> dict[str, Any]:
         return {"runtime": RUNTIME, "threads": self.context.threads, "threads_batch": self.context.threads,
-                "gguf_type": self.gguf_type, "n_ctx": self.context.n_ctx, "n_batch": self.context.n_batch}
+                "gguf_type": self.gguf_type, "tensor_types": self.tensor_types, "n_ctx": self.context.n_ctx,
+                "n_batch": self.context.n_batch}
 
     def logits(self, inputs: dict[str, torch.Tensor], keep_last: int | None = None) -> torch.Tensor:
         ids = inputs["input_ids"]
@@ -180,4 +182,4 @@ def load_llama_cpp_runner(artifact: Path, tokenizer, kind: ModelKind, device: st
         raise MethodUnsupported(f"the llama.cpp rows run on the CPU, not on {device}")
     threads = torch.get_num_threads()  # pinned by the suite to --compresslab-threads, as for PyTorch
     context = LlamaCppContext(Path(artifact) / runtime["model"], threads)
-    return LlamaCppRunner(context, tokenizer, device, kind, runtime.get("gguf_type", "unknown"))
+    return LlamaCppRunner(context, tokenizer, device, kind, runtime["gguf_type"], runtime.get("tensor_types", {}))
