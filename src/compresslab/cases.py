@@ -179,6 +179,7 @@ class CaseRunner:
         result.train_s = training_seconds(artifact)
         result.artifact_key = artifact.entry.key
         result.runtime = runner.settings  # threads (and precision) each runtime ran with
+        result.oov_rate = self.test_oov_rate(spec, artifact, runner)
         if runner.model is not None:  # exported graphs have no torch module to inspect
             result.sparsity = sparsity.block_sparsity(runner.model)
             result.n_params = sparsity.parameter_count(runner.model)
@@ -213,6 +214,19 @@ class CaseRunner:
             source_runner = load()
             self._work[key] = roofline.torch_work(source_runner, self.timed_inputs(spec, source_runner))
         return self._work[key]
+
+    def test_oov_rate(self, spec: ModelSpec, artifact: BuiltArtifact, runner: TorchRunner) -> float | None:
+        """Of an artifact whose vocabulary differs from the baseline's (it ships its own tokenizer):
+        the out-of-vocabulary rate of its first task's test texts, measured here, never at build
+        time (a method sees no test data). None for the rest, or a task that does not list its texts."""
+        from compresslab.models.loading import load_tokenizer, ships_tokenizer
+
+        test_texts = getattr(self.tasks[spec.tasks[0]], "test_texts", None)
+        if artifact.path == artifact.base.payload or not ships_tokenizer(artifact.path) or test_texts is None:
+            return None
+        from compresslab.methods.vocab_trim import oov_rate
+
+        return oov_rate(load_tokenizer(artifact.base.payload), runner.tokenizer, test_texts())
 
     def baseline_params(self, spec: ModelSpec, artifact: BuiltArtifact) -> int:
         if spec.id not in self._params:

@@ -62,6 +62,9 @@ class CaseResult:
     train_s: float | None = None  # training in the compression stages (distillation, recovery)
     baseline_build_s: float | None = None
     runtime: dict[str, Any] | None = None  # threads (and precision) the runtime ran with
+    # an artifact with its own (trimmed) vocabulary: the share of the test texts' tokens it dropped
+    # (methods/vocab_trim.py oov_rate)
+    oov_rate: float | None = None
     # quality, and against the run's fp32 baseline
     metrics: dict[str, float] | None = None
     baseline_metrics: dict[str, float] | None = None

@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import torch
 
-from compresslab.methods.base import Method, StageContext
+from compresslab.methods.base import Method, MethodUnsupported, StageContext
 from compresslab.models.backends import OrtBackend
 from compresslab.models.export import OPSET, export_graph
 from compresslab.models.graph_runner import GraphRunner, write_runtime
@@ -24,6 +24,9 @@ from compresslab.models.spec import ModelKind
 log = logging.getLogger(__name__)
 
 QUANTIZATIONS = (None, "dynamic-int8", "static-int8")
+# The embedding tables (the Gathers' weights): dynamic int8 already stores them in uint8 (per
+# tensor); "int4" stores them block-wise in 4 bits (ORT's GatherBlockQuantized) before it runs.
+EMBEDDING_COMPRESSIONS = (None, "int4")
 MODEL_FILE = "model.onnx"
 WEIGHT_OPS = ("MatMul", "Gemm")  # the ops a Linear exports to, whose weights a quantizer converts
 # ORT's calibrator keeps every calibrated activation of every sample in memory until the end:
@@ -98,16 +101,35 @@ def ort_node_names(nodes) -> list[str]:
             for name in ((node.name, f"{node.name}_MatMul") if node.op_type == "Gemm" else (node.name,))]
 
 
-def quantize_dynamic_int8(source: Path, target: Path, weight_matmuls_only: bool, exclude: list[str]) -> None:
+def with_int4_embeddings(source: Path, target: Path, block_size: int) -> None:
+    """The graph with its embedding tables (every Gather's constant weight) in asymmetric 4 bits,
+    ``block_size`` values per scale along the embedding width: ORT's GatherBlockQuantized."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    graph = onnx.load(str(source))
+    del graph.graph.value_info[:]  # see without_shape_hints
+    quantizer = MatMulNBitsQuantizer(graph, bits=4, block_size=block_size, is_symmetric=False,
+                                     op_types_to_quantize=("Gather",), quant_axes=(("Gather", 1),))
+    quantizer.process()
+    onnx.save(quantizer.model.model, str(target))
+
+
+def quantize_dynamic_int8(source: Path, target: Path, weight_matmuls_only: bool, exclude: list[str],
+                          contrib_ops: bool = False) -> None:
     """Int8 weights (per channel) for MatMul/Gather, activations quantized on the fly (one scale
-    per tensor). ``exclude``: MatMul nodes kept in fp32."""
+    per tensor). ``exclude``: MatMul nodes kept in fp32. ``contrib_ops``: the graph holds ORT's own
+    operators (int4 embeddings), whose outputs ONNX shape inference cannot type: they are float."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory(prefix="compresslab-ort-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         without_shape_hints(source, prepared)
         quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8, per_channel=True,
-                         nodes_to_exclude=exclude, extra_options={"MatMulConstBOnly": weight_matmuls_only})
+                         nodes_to_exclude=exclude, extra_options={
+                             "MatMulConstBOnly": weight_matmuls_only,
+                             **({"DefaultTensorType": onnx.TensorProto.FLOAT} if contrib_ops else {})})
 
 
 class FeedReader:
@@ -149,6 +171,8 @@ class OrtExport(Method):
     # on SmolLM2 dynamic int8 of every MatMul gave perplexity 38.05 (fp32 21.53); with the 30 MLP
     # down-projections in fp32, 23.06.
     decoder_fp32_modules: tuple[str, ...] = ("down_proj",)
+    embeddings: str | None = None  # EMBEDDING_COMPRESSIONS, with dynamic-int8
+    embedding_block_size: int = 64
     family: ClassVar[str] = "ort"
     requires_packages: ClassVar[tuple[str, ...]] = ("onnxruntime", "onnxscript")
 
@@ -156,6 +180,18 @@ class OrtExport(Method):
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"OrtExport.quantization must be one of {', '.join(map(str, QUANTIZATIONS))}, "
                              f"got {self.quantization!r}")
+        if self.embeddings not in EMBEDDING_COMPRESSIONS:
+            raise ValueError(f"OrtExport.embeddings must be one of {', '.join(map(str, EMBEDDING_COMPRESSIONS))}, "
+                             f"got {self.embeddings!r}")
+        if self.embeddings and self.quantization != "dynamic-int8":
+            raise ValueError(f"OrtExport.embeddings={self.embeddings!r} combines with quantization 'dynamic-int8' "
+                             f"only, got {self.quantization!r}")
+
+    def check_supported(self, kind, device: str) -> None:
+        super().check_supported(kind, device)
+        if self.embeddings and kind == "causal-lm":
+            raise MethodUnsupported("a decoder's embedding is its lm_head's weight when tied, and the head stays "
+                                    "in full precision: embedding compression applies to classifiers")
 
     @property
     def uses_task_data(self) -> bool:  # type: ignore[override]  # calibration data enters the cache key
@@ -172,9 +208,14 @@ class OrtExport(Method):
                 also = self.decoder_fp32_modules if ctx.kind == "causal-lm" else ()
                 exclude = ort_node_names(full_precision_nodes(fp32, ctx.kind, also))
                 if self.quantization == "dynamic-int8":
-                    quantize_dynamic_int8(fp32, target, self.weight_matmuls_only, exclude)
+                    graph = fp32
+                    if self.embeddings == "int4":
+                        graph = Path(tmp) / "embeddings-int4.onnx"
+                        with_int4_embeddings(fp32, graph, self.embedding_block_size)
+                    quantize_dynamic_int8(graph, target, self.weight_matmuls_only, exclude,
+                                          contrib_ops=self.embeddings is not None)
                 else:
                     feeds = calibration_feeds(fp32, ctx, self.calibration_samples, src)
                     quantize_static_int8(fp32, target, feeds, ctx.kind, exclude)
         write_runtime(out, "onnxruntime", MODEL_FILE, exporter="torch.onnx dynamo", opset=OPSET,
-                      quantization=self.quantization)
+                      quantization=self.quantization, embeddings=self.embeddings)

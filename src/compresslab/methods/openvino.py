@@ -30,6 +30,10 @@ from compresslab.models.spec import ModelKind
 log = logging.getLogger(__name__)
 
 COMPRESSIONS = (None, "int8", "int8-weights", "int4-weights")
+# The embedding tables (the constants the Gathers read): NNCF's int8 PTQ already stores an encoder's
+# in int8 (MiniLM's ov-int8 IR holds its 30522 x 384 table as an i8 constant); "int4" compresses
+# them further, group-wise asymmetric, before any other compression.
+EMBEDDING_COMPRESSIONS = (None, "int4")
 MODEL_FILE = "model.xml"
 ONNX_FILE = "model.onnx"
 
@@ -70,6 +74,16 @@ def compress(model, compression: str, feeds: list[dict] | None, int4_ratio: floa
                                  awq=awq, scale_estimation=awq, ignored_scope=ignored)
 
 
+def compress_embeddings(model, group_size: int):
+    """The embedding tables alone in int4 (asymmetric, ``group_size`` values per scale along the
+    embedding width): NNCF's weight compression with every MatMul ignored leaves just the
+    Gather-fed constants; ``all_layers`` stops it keeping embeddings in its int8 backup precision."""
+    import nncf
+
+    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM, ratio=1.0, group_size=group_size,
+                                 all_layers=True, ignored_scope=nncf.IgnoredScope(types=["MatMul"]))
+
+
 @dataclass(frozen=True)
 class OpenVinoExport(Method):
     compression: str | None = None
@@ -80,6 +94,8 @@ class OpenVinoExport(Method):
     # the inference precision the artifact ships with (recorded in its runtime file and in each case's
     # runtime settings): f32 arithmetic, or bf16 where the CPU has it (the plugin's own default there)
     precision: str = OV_PRECISION
+    embeddings: str | None = None  # EMBEDDING_COMPRESSIONS: the embedding tables' own compression
+    embedding_group_size: int = 64
     family: ClassVar[str] = "openvino"
     requires_packages: ClassVar[tuple[str, ...]] = ("openvino", "nncf", "onnxruntime", "onnxscript")
     devices: ClassVar[tuple[str, ...]] = ("cpu",)  # no CUDA plugin; an Intel GPU is not a CUDA device
@@ -90,12 +106,21 @@ class OpenVinoExport(Method):
                              f"got {self.compression!r}")
         if not 0 < self.int4_ratio <= 1:
             raise ValueError(f"OpenVinoExport.int4_ratio must be in (0, 1], got {self.int4_ratio}")
+        if self.embeddings not in EMBEDDING_COMPRESSIONS:
+            raise ValueError(f"OpenVinoExport.embeddings must be one of {', '.join(map(str, EMBEDDING_COMPRESSIONS))}, "
+                             f"got {self.embeddings!r}")
+        if self.embeddings and self.compression not in (None, "int8"):
+            raise ValueError(f"OpenVinoExport.embeddings={self.embeddings!r} combines with compression None or 'int8' "
+                             f"(weight compression sets the embeddings' precision itself), got {self.compression!r}")
         if self.precision not in OV_PRECISIONS:
             raise ValueError(f"OpenVinoExport.precision must be one of {', '.join(OV_PRECISIONS)}, "
                              f"got {self.precision!r}")
 
     def check_supported(self, kind, device: str) -> None:
         super().check_supported(kind, device)
+        if self.embeddings and kind == "causal-lm":
+            raise MethodUnsupported("a decoder's embedding is its lm_head's weight when tied, and the head stays "
+                                    "in full precision: embedding compression applies to classifiers")
         if self.precision == "bf16" and not ov_has_bf16():
             raise MethodUnsupported("this CPU has no bf16 arithmetic (OpenVINO would run the bf16 row in f32)")
 
@@ -110,6 +135,8 @@ class OpenVinoExport(Method):
             graph = Path(tmp) / ONNX_FILE
             export_to(src, ctx, graph)
             model = ov.convert_model(str(graph))
+            if self.embeddings is not None:
+                model = compress_embeddings(model, self.embedding_group_size)
             if self.compression is not None:
                 feeds = calibration_feeds(graph, ctx, self.calibration_samples, src) if self.uses_task_data else None
                 model = compress(model, self.compression, feeds, self.int4_ratio, self.group_size, self.awq,
@@ -117,4 +144,4 @@ class OpenVinoExport(Method):
             # fp32 stays fp32 on disk (save_model would halve it to fp16 by default)
             ov.save_model(model, str(out / MODEL_FILE), compress_to_fp16=False)
         write_runtime(out, "openvino", MODEL_FILE, converted_from="torch.onnx dynamo", precision_hint=self.precision,
-                      compression=self.compression)
+                      compression=self.compression, embeddings=self.embeddings)

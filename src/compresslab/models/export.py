@@ -37,7 +37,9 @@ def present_names(n_layers: int) -> list[str]:
 
 def export_classifier(model: torch.nn.Module, tokenizer, path: Path) -> None:
     """Dynamic batch and sequence axes, traced on a padded batch of two."""
-    sample = dict(tokenizer(list(SAMPLE_TEXTS), padding="max_length", max_length=32, return_tensors="pt"))
+    # truncated too: a small (trimmed) vocabulary splits the sample words into more pieces
+    sample = dict(tokenizer(list(SAMPLE_TEXTS), padding="max_length", truncation=True, max_length=32,
+                            return_tensors="pt"))
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=512)
     program = torch.onnx.export(model, (), kwargs=sample, input_names=list(sample), output_names=["logits"],
                                 dynamic_shapes={name: {0: batch, 1: seq} for name in sample},

@@ -91,6 +91,11 @@ class TweetSentiment:
     def calibration_texts(self, n: int) -> list[str]:
         return [e.text for e in tweets.load_splits().train[:n]]
 
+    def test_texts(self) -> list[str]:
+        """Every text ``evaluate`` reads (easy and hard split): what an out-of-vocabulary rate is of."""
+        splits = tweets.load_splits()
+        return [e.text for e in (*splits.test, *splits.hard)]
+
     def training_examples(self, n: int) -> list[Example]:
         return list(tweets.load_splits().train[:n])
 
