@@ -5,6 +5,13 @@ optimum-quanto's qint4 (group-wise, packed two per byte in safetensors, with a q
 beside the weights); models/formats.py reloads such a checkpoint through quanto's own loader. On
 CUDA the artifact is torchao's Int4WeightOnlyConfig through transformers' TorchAoConfig, whose
 tinygemm kernels make it fast there. The device is part of every cache key, so the two never mix.
+
+quanto cannot make an oracle row on SmolLM2's Q4_1 grid (asymmetric, groups of 32 along the input
+dimension; README: "Which 4-bit rows are on the model's original grid"), though its zero point (a
+float shift) could hold it: optimum-quanto 0.2.7 takes no group size. QModuleMixin derives it from the
+layer width (128, less by 32 until it divides in_features: 96 for SmolLM2's 576-wide inputs, 128 for
+its 1536-wide down_proj), and its loader derives it again the same way, so a module quantized at 32
+(by setting ``weight_group_size`` before freezing) would save a checkpoint that does not reload.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from compresslab.models.loading import load_pretrained
 from compresslab.models.precision import full_precision_names, shell_patterns
 
 GROUP_SIZES = (32, 64, 128)
-QUANTO_GROUP_SIZE = 128  # fixed by optimum-quanto for qint4 (smaller only where in_features needs it)
+QUANTO_GROUP_SIZE = 128  # fixed by optimum-quanto for qint4 (smaller where in_features needs it: 96 at 576)
 
 
 @dataclass(frozen=True)
