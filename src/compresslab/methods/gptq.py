@@ -12,6 +12,15 @@ last lines in its message.
 
 gptqmodel quantizes the decoder blocks, and the lm_head only when asked: the one full-precision
 rule (models/precision.py) sets that flag.
+
+Asymmetric GPTQ (``sym=False``) stores integer zero points (packed 4-bit qzeros), and gptqmodel widens
+each group's range to include 0 before it fits them. A grid whose minimum is no whole number of steps
+below 0 (llama.cpp's Q4_1, under SmolLM2's weights) cannot be held: on three of SmolLM2's block
+weights the rounded zero point alone is 8 to 9% relative error at groups of 32 (a float zero point:
+6e-8), so gptq-w4g32-asym is no oracle there. On a grid with integer zero points the whole path is exact
+(tests/test_oracle_rows.py): packing, fp16 scales, and the act-group-aware reordering gptqmodel turns
+on without desc_act (it permutes whole groups and columns within a group, so groups stay aligned);
+desc_act=True would assign columns to groups in activation order, off the model's contiguous blocks.
 """
 
 from __future__ import annotations
