@@ -18,6 +18,7 @@ from compresslab.methods.hqq import HQQ
 from compresslab.methods.int4_weight import Int4WeightOnly
 from compresslab.methods.lowrank import LowRankSVD
 from compresslab.methods.onnx_export import OrtExport
+from compresslab.methods.ort_fused import OrtFused
 from compresslab.methods.oneshot_sparsity import OneShotSparsity
 from compresslab.methods.openvino import OpenVinoExport
 from compresslab.methods.pruning import MagnitudePrune
@@ -129,6 +130,7 @@ ROWS: tuple[Row, ...] = (
     Row("ort", OrtExport()),
     Row("ort-int8", OrtExport(quantization="dynamic-int8"), default=CLF),
     Row("ort-int8-static", OrtExport(quantization="static-int8")),
+    Row("ort-fused", OrtFused()),  # the fp32 graph after ORT's transformer optimizer (norm and GELU fusions)
     Row("openvino", OpenVinoExport()),
     Row("ov-bf16", OpenVinoExport(precision="bf16")),  # the same fp32 IR, computed in bf16 (CPUs that have it)
     Row("ov-int8", OpenVinoExport(compression="int8"), default=CLF),

@@ -153,4 +153,6 @@ def load_graph_runner(artifact: Path, tokenizer, kind: ModelKind, device: str, r
     # the precision an OpenVINO artifact ships with (its row's choice: f32, or bf16 where the CPU has it)
     options = {"precision": runtime["precision_hint"]} if name == "openvino" and "precision_hint" in runtime else {}
     backend = BACKENDS[name](Path(artifact) / runtime["model"], device, threads, **options)
+    if "fused_operators" in runtime:  # a graph rewritten by ORT's transformer optimizer (methods/ort_fused.py)
+        backend.settings["fused_operators"] = runtime["fused_operators"]
     return GraphRunner(backend, tokenizer, device, kind)
