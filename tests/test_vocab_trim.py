@@ -10,7 +10,7 @@ import torch
 
 from compresslab.cases import CaseRunner
 from compresslab.methods.base import MethodUnsupported
-from compresslab.methods.onnx_export import MODEL_FILE, OrtExport, calibration_feeds, export_to
+from compresslab.methods.onnx_export import MODEL_FILE, OrtExport, calibration_feeds
 from compresslab.methods.openvino import OpenVinoExport
 from compresslab.methods.vocab_trim import VocabTrim, oov_rate, trimmed_pipeline
 from compresslab.models.loading import load_pretrained, load_tokenizer, save_tokenizer
@@ -76,7 +76,8 @@ def test_dropped_pieces_split_into_kept_ones_or_become_unk(tmp_path_factory, bas
     pieces = trimmed_tokenizer.tokenize("good zebra λ")
     assert pieces[0] == "good" and "[UNK]" not in pieces[1:-1] and "".join(pieces[1:-1]).replace("##", "") == "zebra"
     assert pieces[-1] == "[UNK]"
-    strict = load_tokenizer(trimmed_with(tmp_path_factory, base, VocabTrim(training_samples=256, ascii_characters=False)))
+    strict_trim = VocabTrim(training_samples=256, ascii_characters=False)
+    strict = load_tokenizer(trimmed_with(tmp_path_factory, base, strict_trim))
     assert strict.tokenize("good zebra") == ["good", "[UNK]"]
     assert strict.convert_tokens_to_ids("[UNK]") == trimmed_tokenizer.convert_tokens_to_ids("[UNK]")
 
@@ -102,23 +103,29 @@ def test_the_case_records_the_test_oov_rate_of_a_trimmed_artifact_only(base, tri
     assert cases.test_oov_rate(spec, baseline, SimpleNamespace(tokenizer=tokenizer())) is None
 
 
-def test_a_chain_through_onnx_runtime_uses_the_trimmed_tokenizer(tmp_path, base, trimmed):
+@pytest.fixture(scope="module")
+def ort_int8(tmp_path_factory, base, trimmed):
+    """vocab-trim+ort-int8, the second stage run as the pipeline runs a stage."""
+    out = tmp_path_factory.mktemp("ort-int8")
+    apply_stage(OrtExport(quantization="dynamic-int8"), trimmed, out, stage_context(base))
+    return out
+
+
+def agreement_with_fp32(artifact, base) -> float:
+    answers = logits(artifact, base, KEPT_TEXTS).argmax(-1)
+    return (answers == logits(base, base, KEPT_TEXTS).argmax(-1)).float().mean().item()
+
+
+def test_a_chain_through_onnx_runtime_uses_the_trimmed_tokenizer(base, trimmed, ort_int8):
     ctx = stage_context(base)
     rows = len(load_tokenizer(trimmed))
-    graph = tmp_path / "fp32.onnx"
-    export_to(trimmed, ctx, graph)
+    graph = ort_int8 / MODEL_FILE
     assert max(int(feed["input_ids"].max()) for feed in calibration_feeds(graph, ctx, 8, trimmed)) < rows
     # the baseline's tokenizer numbers the same texts past the trimmed table: what the check guards
     assert max(int(feed["input_ids"].max()) for feed in calibration_feeds(graph, ctx, 8, base)) >= rows
-
-    out = tmp_path / "ort-int8"
-    out.mkdir()
-    apply_stage(OrtExport(quantization="dynamic-int8"), trimmed, out, ctx)  # as the pipeline runs a stage
-    runner = load_runner(out, base, "classifier", "cpu")
+    runner = load_runner(ort_int8, base, "classifier", "cpu")
     assert len(runner.tokenizer) == rows
-    graph_logits = logits(out, base, KEPT_TEXTS)
-    agreement = (graph_logits.argmax(-1) == logits(base, base, KEPT_TEXTS).argmax(-1)).float().mean()
-    assert agreement >= 0.9
+    assert agreement_with_fp32(ort_int8, base) >= 0.9
 
 
 def embedding_constant_types(xml) -> set[str]:
@@ -148,26 +155,22 @@ def test_openvino_int4_embeddings_store_a_4_bit_table(tmp_path, base):
     assert embedding_constant_types(built["int8"] / "model.xml") == {"i8"}  # int8 PTQ already has int8 tables
     assert embedding_constant_types(built["emb4"] / "model.xml") == {"u4"}
     assert (built["emb4"] / "model.bin").stat().st_size < 0.8 * (built["int8"] / "model.bin").stat().st_size
-    agreement = (logits(built["emb4"], base, KEPT_TEXTS).argmax(-1) == logits(base, base, KEPT_TEXTS).argmax(-1))
-    assert agreement.float().mean() >= 0.9
+    assert agreement_with_fp32(built["emb4"], base) >= 0.9
 
 
-def test_onnx_runtime_int4_embeddings_store_a_4_bit_table(tmp_path, base):
+def test_onnx_runtime_int4_embeddings_store_a_4_bit_table(tmp_path, base, trimmed):
     import onnx
 
-    ctx = stage_context(base)
-    sizes = {}
-    for name, method in {"int8": OrtExport(quantization="dynamic-int8"),
-                         "emb4": OrtExport(quantization="dynamic-int8", embeddings="int4")}.items():
-        (tmp_path / name).mkdir()
-        method.apply(base, tmp_path / name, ctx)
-        sizes[name] = (tmp_path / name / MODEL_FILE).stat().st_size
-    graph = onnx.load(str(tmp_path / "emb4" / MODEL_FILE))
-    assert "GatherBlockQuantized" in {node.op_type for node in graph.graph.node}
-    assert "Gather" not in {node.op_type for node in graph.graph.node if node.input[0].endswith("weight")}
-    assert sizes["emb4"] < 0.8 * sizes["int8"]
-    agreement = logits(tmp_path / "emb4", base, KEPT_TEXTS).argmax(-1) == logits(base, base, KEPT_TEXTS).argmax(-1)
-    assert agreement.float().mean() >= 0.9
+    OrtExport(quantization="dynamic-int8", embeddings="int4").apply(trimmed, tmp_path, stage_context(base))
+    graph = onnx.load(str(tmp_path / MODEL_FILE))
+    tables = {init.name: init for init in graph.graph.initializer}
+    gathers = [node for node in graph.graph.node if node.op_type == "GatherBlockQuantized"]
+    word_table = tables[gathers[0].input[0]]  # the first Gather of a BERT reads the word embedding
+    rows, width = len(load_tokenizer(trimmed)), load_pretrained(trimmed, "classifier").config.hidden_size
+    assert word_table.data_type == onnx.TensorProto.UINT4
+    assert len(word_table.raw_data) == rows * width // 2  # two 4-bit values a byte
+    save_tokenizer(load_tokenizer(trimmed), tmp_path)  # what the pipeline carries on
+    assert agreement_with_fp32(tmp_path, base) >= 0.9
 
 
 def test_what_cannot_be_trimmed_or_compressed_says_why():
