@@ -66,6 +66,7 @@ def test_f32_file_logits_match_eager_on_padded_batches(decoder):
     runner = load_runner(outs["f32"], base, "causal-lm", "cpu")
     assert runner.settings["runtime"] == "llama.cpp" and runner.settings["gguf_type"] == "f32"
     assert runner.settings["threads"] == torch.get_num_threads() and runner.model is None
+    assert runner.settings["kv_cache"] == "f32"
     assert max_error(model, runner, padded_batch(TEXTS)) < F32_TOLERANCE
     inputs = padded_batch(TEXTS)
     kept = runner.logits(inputs, keep_last=2)
@@ -86,7 +87,7 @@ def test_conversion_without_the_rope_permutation_fails_the_check(decoder, tmp_pa
     """The check above can fail: HF's q/k rows written as they are give llama.cpp a wrong RoPE."""
     base, model, _ = decoder
     monkeypatch.setattr(gguf_export, "rope_permute", lambda weight, n_heads: weight)
-    broken = export(base, tmp_path / "broken", "f32")
+    broken = export(base, tmp_path, "f32")
     runner = load_runner(broken, base, "causal-lm", "cpu")
     assert max_error(model, runner, padded_batch(TEXTS)) > 100 * F32_TOLERANCE
 
@@ -100,7 +101,8 @@ def test_quantized_files_agree_with_eager_and_are_smaller(decoder, gguf_type, mi
     fidelity = compare_logits(eager_logits(model, inputs)[real], runner.logits(inputs)[real])
     assert fidelity.top1_agreement >= min_agreement, fidelity
     size = (outs[gguf_type] / MODEL_FILE).stat().st_size
-    assert size < (0.4 if gguf_type == "q8_0" else 0.3) * (outs["f32"] / MODEL_FILE).stat().st_size
+    # the tied 30522 x 64 embedding, most of the tiny model, stays in Q8_0 (its rows are too short for Q6_K)
+    assert size < (0.4 if gguf_type == "q8_0" else 0.35) * (outs["f32"] / MODEL_FILE).stat().st_size
 
 
 @pytest.mark.parametrize("gguf_type", ["f32", "q8_0"])

@@ -9,6 +9,8 @@ padded row with the mask and mask-derived position ids means to eager PyTorch.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import weakref
 from dataclasses import dataclass, field
@@ -23,31 +25,54 @@ from compresslab.models.spec import ModelKind
 RUNTIME = "llama.cpp"
 MAX_CONTEXT = 2048  # the longest sequence a task or the timer feeds (perplexity windows: 512)
 BATCH_TOKENS = 512  # tokens per llama_decode call (n_batch = n_ubatch): a perplexity window in one call
+KV_TYPES = ("f16", "f32")  # the KV cache's element type: llama.cpp's default f16, or f32 beside an f32 file
 
 
-def _quiet_llama_cpp() -> None:
-    """llama.cpp logs every load and context at info level to stderr; keep its warnings and errors."""
-    logging.getLogger("llama-cpp-python").setLevel(logging.WARNING)
+log = logging.getLogger(__name__)
+GGML_LOG_ERROR = 4  # ggml.h of this llama.cpp: none 0, debug 1, info 2, warn 3, error 4, cont 5
+
+
+@functools.cache
+def _quiet_llama_cpp():
+    """llama.cpp prints every load and context to stderr: route its errors to logging, drop the rest.
+    The callback is cached so that ctypes keeps it alive while llama.cpp holds its pointer."""
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback
+    def forward(level, text, _user_data):
+        if level == GGML_LOG_ERROR:
+            log.error("llama.cpp: %s", text.decode("utf-8", errors="replace").rstrip())
+
+    llama_cpp.llama_log_set(forward, ctypes.c_void_p(0))
+    return forward
 
 
 class LlamaCppContext:
     """A loaded GGUF model, one context (KV cache) and one token batch, freed with this object."""
 
-    def __init__(self, model_file: Path, threads: int, n_ctx: int = MAX_CONTEXT, n_batch: int = BATCH_TOKENS):
+    def __init__(self, model_file: Path, threads: int, kv_type: str = "f16", n_ctx: int = MAX_CONTEXT,
+                 n_batch: int = BATCH_TOKENS):
         import llama_cpp
+
+        if kv_type not in KV_TYPES:
+            raise ValueError(f"KV cache type {kv_type!r}; valid: {', '.join(KV_TYPES)}")
 
         _quiet_llama_cpp()
         self.lib = llama_cpp
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = 0
+        # no AMX repacking of quantized weights: with it every quantized file crashed llama_decode
+        # (SIGSEGV) on this AMX-capable VM; the AVX-512 kernels (and their repacked layouts) remain
+        model_params.use_extra_bufts = False
         self.model = llama_cpp.llama_model_load_from_file(str(model_file).encode(), model_params)
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {model_file}")
         self.n_ctx = min(n_ctx, llama_cpp.llama_model_n_ctx_train(self.model))
         self.n_batch = min(n_batch, self.n_ctx)
-        self.threads = threads
+        self.threads, self.kv_type = threads, kv_type
         params = llama_cpp.llama_context_default_params()
+        params.type_k = params.type_v = llama_cpp.GGML_TYPE_F32 if kv_type == "f32" else llama_cpp.GGML_TYPE_F16
         params.n_ctx, params.n_batch, params.n_ubatch = self.n_ctx, self.n_batch, self.n_batch
         params.n_threads = params.n_threads_batch = threads
         params.no_perf = True
@@ -127,8 +152,8 @@ class LlamaCppRunner:
     @property
     def settings(self) -> dict[str, Any]:
         return {"runtime": RUNTIME, "threads": self.context.threads, "threads_batch": self.context.threads,
-                "gguf_type": self.gguf_type, "tensor_types": self.tensor_types, "n_ctx": self.context.n_ctx,
-                "n_batch": self.context.n_batch}
+                "gguf_type": self.gguf_type, "tensor_types": self.tensor_types, "kv_cache": self.context.kv_type,
+                "n_ctx": self.context.n_ctx, "n_batch": self.context.n_batch}
 
     def logits(self, inputs: dict[str, torch.Tensor], keep_last: int | None = None) -> torch.Tensor:
         ids = inputs["input_ids"]
@@ -181,5 +206,8 @@ def load_llama_cpp_runner(artifact: Path, tokenizer, kind: ModelKind, device: st
     if device != "cpu":
         raise MethodUnsupported(f"the llama.cpp rows run on the CPU, not on {device}")
     threads = torch.get_num_threads()  # pinned by the suite to --compresslab-threads, as for PyTorch
-    context = LlamaCppContext(Path(artifact) / runtime["model"], threads)
+    # an f32 file keeps an f32 cache: the row is the checkpoint itself on llama.cpp; the others keep
+    # llama.cpp's default f16 cache, as they would ship
+    kv_type = "f32" if runtime["gguf_type"] == "f32" else "f16"
+    context = LlamaCppContext(Path(artifact) / runtime["model"], threads, kv_type)
     return LlamaCppRunner(context, tokenizer, device, kind, runtime["gguf_type"], runtime.get("tensor_types", {}))
