@@ -183,9 +183,15 @@ class OpenVinoBackend:
         self.settings = {"runtime": "openvino", "device": target,
                          "threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
                          "precision": self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
-                         "performance_hint": "LATENCY", "streams": 1}
+                         "performance_hint": "LATENCY", "streams": 1,
+                         # the CPU plugin's own choices, as shipped: activations of int4/int8-weight
+                         # MatMuls quantized on the fly in groups of this size (0: off)
+                         "dynamic_quantization_group_size": int(
+                             self.compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE"))}
         if explicit_cache:
             self.settings["kv_cache"] = "stateful" if self.stateful else "explicit"
+            # the cache's storage type inside the plugin where it fuses attention with the state
+            self.settings["kv_cache_precision"] = self.compiled.get_property("KV_CACHE_PRECISION").get_type_name()
 
     def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         # inputs shared, not copied (the call is synchronous); outputs copied (share_outputs=False):
