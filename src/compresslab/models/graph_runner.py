@@ -3,7 +3,8 @@ and the timer call on eager PyTorch, plus the ``start``/``step`` decode loop of 
 
 Inputs a graph needs but the task does not give are made here, never by the benchmark:
 token_type_ids and attention_mask of an encoder; position_ids and the KV cache (``past.*``,
-zero-length for a prefill, the previous step's ``present.*`` afterwards) of a decoder.
+zero-length for a prefill, the previous step's ``present.*`` afterwards) of a decoder, or
+``beam_idx`` where OpenVINO keeps that cache as state (models/ov_stateful.py).
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ class GraphRunner:
         self.backend.specialize(self.feeds(inputs))
 
     # The decode loop (batch 1 or equal-length rows): the backend keeps the cache the way its runtime
-    # would ship (OpenVINO: as state inside the model; ONNX Runtime: as ORT values bound to the next call).
+    # would ship (OpenVINO: as state inside the model; ONNX Runtime on CUDA: as ORT values bound to the next
+    # call, on the CPU as numpy arrays).
     def start(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, CacheState]:
         return self.step(input_ids, None)  # a prefill is a step from the empty cache
 
