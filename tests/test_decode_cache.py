@@ -1,7 +1,7 @@
 """How each graph runtime keeps a decoder's KV cache between decode steps: OpenVINO in its
 stateful form (the cache inside the request, a beam_idx input, reset per sequence), ONNX Runtime
-through IO binding on CUDA (the presents stay ORT values) and numpy arrays on the CPU. Each must give exactly the logits of the
-explicit-cache graph, and the recorded settings say which form ran."""
+through IO binding on CUDA (the presents stay ORT values) and numpy arrays on the CPU. Each must
+give exactly the logits of the explicit-cache graph, and the recorded settings say which form ran."""
 
 import numpy as np
 import pytest
