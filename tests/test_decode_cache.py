@@ -11,25 +11,17 @@ from compresslab import registry
 from compresslab.models.backends import OpenVinoBackend
 from compresslab.models.decoding import greedy
 from compresslab.models.graph_runner import CacheState, GraphRunner
-from compresslab.models.loading import save_tokenizer
 from compresslab.models.ov_stateful import BEAM_INPUT, make_stateful
 from compresslab.models.runner import TorchRunner, load_runner
-from tiny import stage_context, tiny_llama, tokenizer
+from tiny import build_methods, tiny_llama, tokenizer
 
 PROMPTS = ("the movie was", "happy food and the day was really")
 
 
 @pytest.fixture(scope="module")
 def decoder(tmp_path_factory):
-    model = tiny_llama(train_steps=20)
-    base = tmp_path_factory.mktemp("decoder-fp32")
-    model.save_pretrained(base)
-    save_tokenizer(tokenizer(), base)
-    outs = {}
-    for method_id in ("ort", "openvino"):
-        outs[method_id] = tmp_path_factory.mktemp(f"decoder-{method_id}")
-        registry.METHODS[method_id].apply(base, outs[method_id], stage_context(base, "causal-lm"))
-    return base, model, outs
+    methods = {method_id: registry.METHODS[method_id] for method_id in ("ort", "openvino")}
+    return build_methods(tmp_path_factory, tiny_llama(train_steps=20), "causal-lm", methods)
 
 
 def ov_runner(decoder, stateful: bool) -> GraphRunner:

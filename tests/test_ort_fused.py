@@ -11,20 +11,15 @@ from compresslab.methods import ort_fused
 from compresslab.methods.base import MethodUnsupported
 from compresslab.methods.ort_fused import OrtFused
 from compresslab.models.graph_runner import RUNTIME_FILE
-from compresslab.models.loading import save_tokenizer
 from compresslab.models.runner import load_runner
-from tiny import stage_context, tiny_bert_classifier, tokenizer
+from tiny import build_methods, stage_context, tiny_bert_classifier, tokenizer
 
 
 @pytest.fixture(scope="module")
 def fused(tmp_path_factory):
-    model = tiny_bert_classifier(train_steps=20)
-    base = tmp_path_factory.mktemp("clf-fp32")
-    model.save_pretrained(base)
-    save_tokenizer(tokenizer(), base)
-    out = tmp_path_factory.mktemp("clf-ort-fused")
-    OrtFused().apply(base, out, stage_context(base))
-    return base, model, out
+    base, model, outs = build_methods(tmp_path_factory, tiny_bert_classifier(train_steps=20), "classifier",
+                                      {"ort-fused": OrtFused()})
+    return base, model, outs["ort-fused"]
 
 
 def test_fused_graph_matches_eager_at_any_batch_and_length(fused):

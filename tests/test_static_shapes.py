@@ -9,22 +9,14 @@ import torch
 from compresslab import registry
 from compresslab.fixture import static_shapes_pay
 from compresslab.models.backends import STATIC_SHAPE_RUNTIMES, symbolic_dims
-from compresslab.models.loading import save_tokenizer
 from compresslab.models.runner import TorchRunner, load_runner
-from tiny import stage_context, tiny_bert_classifier, tokenizer
+from tiny import build_methods, tiny_bert_classifier, tokenizer
 
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
-    model = tiny_bert_classifier(train_steps=20)
-    base = tmp_path_factory.mktemp("clf-fp32")
-    model.save_pretrained(base)
-    save_tokenizer(tokenizer(), base)
-    outs = {}
-    for method_id in ("ort", "openvino"):
-        outs[method_id] = tmp_path_factory.mktemp(f"clf-{method_id}")
-        registry.METHODS[method_id].apply(base, outs[method_id], stage_context(base))
-    return base, model, outs
+    methods = {method_id: registry.METHODS[method_id] for method_id in ("ort", "openvino")}
+    return build_methods(tmp_path_factory, tiny_bert_classifier(train_steps=20), "classifier", methods)
 
 
 def batch(texts, length):

@@ -135,3 +135,16 @@ class SyntheticSentiment:
     def latency_inputs(self, tokenizer, seq_len: int, batch_size: int = 1):
         texts = [e.text for e in synthetic_examples(batch_size, seed=5)]
         return classification.fixed_length_inputs(tokenizer, texts, seq_len, batch_size)
+
+
+def build_methods(tmp_path_factory, model, kind: str, methods: dict) -> tuple[Path, Any, dict[str, Path]]:
+    """The tiny ``model`` saved as a baseline (with the tokenizer) and each of ``methods`` ({id: Method})
+    applied to it: (baseline dir, model, {id: artifact dir})."""
+    base = tmp_path_factory.mktemp(f"{kind}-fp32")
+    model.save_pretrained(base)
+    save_tokenizer(tokenizer(), base)
+    outs = {}
+    for method_id, method in methods.items():
+        outs[method_id] = tmp_path_factory.mktemp(f"{kind}-{method_id}")
+        method.apply(base, outs[method_id], stage_context(base, kind))
+    return base, model, outs
