@@ -144,24 +144,24 @@ FIXED_PEAKS = roofline.Peaks({"fp32": 100.0, "int8": 400.0}, 10.0, {"bf16": "not
 
 
 def test_add_fractions_holds_each_workload_against_its_peak():
-    clf = CaseResult(forward_flops=10**9, compute_dtype="int8", latency_p50_ms=5.0)
+    clf = CaseResult(forward_flops=10**9, roofline_dtype="int8", latency_p50_ms=5.0)
     roofline.add_fractions(clf, FIXED_PEAKS)
     assert clf.roofline_compute == pytest.approx(0.5) and clf.roofline_peak_gflops == 400.0
     assert clf.roofline_memory is None  # no decode
-    lm = CaseResult(forward_flops=10**9, compute_dtype="fp32", latency_p50_ms=20.0, size_bytes=2 * 10**8,
+    lm = CaseResult(forward_flops=10**9, roofline_dtype="fp32", latency_p50_ms=20.0, size_bytes=2 * 10**8,
                     decode_tokens_per_s=25.0)
     roofline.add_fractions(lm, FIXED_PEAKS)
     assert lm.roofline_compute == pytest.approx(0.5) and lm.roofline_memory == pytest.approx(0.5)
 
 
 def test_add_fractions_gives_none_for_nan_latency_unmeasured_dtype_or_skipped_case():
-    nan = CaseResult(forward_flops=10**9, compute_dtype="fp32", latency_p50_ms=math.nan)
+    nan = CaseResult(forward_flops=10**9, roofline_dtype="fp32", latency_p50_ms=math.nan)
     roofline.add_fractions(nan, FIXED_PEAKS)
     assert nan.roofline_compute is None
-    zero = CaseResult(forward_flops=10**9, compute_dtype="fp32", latency_p50_ms=0.0)
+    zero = CaseResult(forward_flops=10**9, roofline_dtype="fp32", latency_p50_ms=0.0)
     roofline.add_fractions(zero, FIXED_PEAKS)
     assert zero.roofline_compute is None
-    bf16 = CaseResult(forward_flops=10**9, compute_dtype="bf16", latency_p50_ms=1.0)  # its peak was skipped
+    bf16 = CaseResult(forward_flops=10**9, roofline_dtype="bf16", latency_p50_ms=1.0)  # its peak was skipped
     roofline.add_fractions(bf16, FIXED_PEAKS)
     assert bf16.roofline_compute is None and bf16.roofline_peak_gflops is None
     skipped = CaseResult()
@@ -223,7 +223,7 @@ def _record(**fields):
 
 
 def test_report_shows_the_roofline_columns():
-    rows = [_record(roofline_compute=0.123, compute_dtype="int8", roofline_peak_gflops=400.0,
+    rows = [_record(roofline_compute=0.123, roofline_dtype="int8", roofline_peak_gflops=400.0,
                     roofline_bandwidth_gbs=9.5, roofline_memory=0.456)]
     table = report.render_table(rows)
     assert "% peak" in table.splitlines()[0] and "decode % BW" in table.splitlines()[0]
@@ -242,10 +242,10 @@ def test_records_of_older_runs_without_the_fields_load_and_report(tmp_path):
 
 
 def test_roofline_fields_survive_the_sidecar_and_the_peaks_sit_in_machine_info(tmp_path):
-    record = _record(forward_flops=123456789, compute_dtype="fp32", roofline_compute=0.25)
+    record = _record(forward_flops=123456789, roofline_dtype="fp32", roofline_compute=0.25)
     document = results.as_json(results.sidecar_document([record], tmp_path, roofline=FIXED_PEAKS.as_json()))
     assert document["machine_info"]["roofline"]["peak_gflops"] == {"fp32": 100.0, "int8": 400.0}
     back = CaseRecord.from_sidecar(document["benchmarks"][0])
-    assert (back.result.forward_flops, back.result.compute_dtype, back.result.roofline_compute) == \
+    assert (back.result.forward_flops, back.result.roofline_dtype, back.result.roofline_compute) == \
         (123456789, "fp32", 0.25)
     assert "roofline" not in results.sidecar_document([record], tmp_path)["machine_info"]

@@ -192,7 +192,7 @@ class CaseRunner:
     def _record_work(self, result: CaseResult, spec: ModelSpec, artifact: BuiltArtifact, runner) -> None:
         """The counted FLOPs of the timed forward and the dtype they compute in (trackers/roofline.py)."""
         work = roofline.case_work(artifact.path, runner, lambda: self._stage_work(spec, artifact, runner))
-        result.forward_flops, result.compute_dtype, result.roofline_note = work.flops, work.compute_dtype, work.note
+        result.forward_flops, result.roofline_dtype, result.roofline_note = work.flops, work.compute_dtype, work.note
 
     def _stage_work(self, spec: ModelSpec, artifact: BuiltArtifact, runner) -> roofline.WorkCount | None:
         """The work of the timed forward, counted once per torch stage: on the artifact's own model, or

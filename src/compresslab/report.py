@@ -35,7 +35,7 @@ def _mb(size_bytes: int | None) -> float | None:
 def _compute_peak(result: CaseResult) -> str:
     """The batch-1 forward's share of the GEMM peak of the dtype it computes in, e.g. "12.3% int8"."""
     share = _num(result.roofline_compute, ".1%")
-    return share if share == "-" else f"{share} {result.compute_dtype}"
+    return share if share == "-" else f"{share} {result.roofline_dtype}"
 
 
 def row(record: CaseRecord) -> tuple[str, ...]:
@@ -87,8 +87,8 @@ def by_model(records: list[CaseRecord]) -> list[CaseRecord]:
 
 def peaks_line(records: list[CaseRecord]) -> str:
     """The peaks the rows were held against, as their records carry them (an xdist worker's each)."""
-    gemm = sorted({(r.result.compute_dtype, r.result.roofline_peak_gflops) for r in records
-                   if r.result.compute_dtype and r.result.roofline_peak_gflops})
+    gemm = sorted({(r.result.roofline_dtype, r.result.roofline_peak_gflops) for r in records
+                   if r.result.roofline_dtype and r.result.roofline_peak_gflops})
     bandwidth = sorted({r.result.roofline_bandwidth_gbs for r in records if r.result.roofline_bandwidth_gbs})
     parts = [f"{dtype} {peak:.0f} GFLOP/s" for dtype, peak in gemm] + [f"{gbs:.1f} GB/s" for gbs in bandwidth]
     return f" Peaks: {', '.join(parts)}." if parts else ""

@@ -100,8 +100,8 @@ class CaseResult:
     # roofline (trackers/roofline.py): the work of the timed forward, and the share of this session's
     # measured peaks each workload reaches
     forward_flops: int | None = None  # counted FLOPs of the batch-1 timed forward
-    compute_dtype: str | None = None  # what its matmuls compute in: fp32, bf16, int8
-    roofline_peak_gflops: float | None = None  # the probe's GEMM peak for compute_dtype
+    roofline_dtype: str | None = None  # what its matmuls compute in: fp32, bf16, int8
+    roofline_peak_gflops: float | None = None  # the probe's GEMM peak for roofline_dtype
     roofline_bandwidth_gbs: float | None = None  # the probe's memory read bandwidth (1e9 bytes/s)
     roofline_compute: float | None = None  # forward_flops / latency_p50 over roofline_peak_gflops
     roofline_memory: float | None = None  # size_bytes x decode_tokens_per_s over roofline_bandwidth_gbs

@@ -314,9 +314,9 @@ def add_fractions(result, peaks: Peaks | None) -> None:
     them: compute for the timed batch-1 forward (FLOPs over the median latency, against the peak of
     the dtype it computes in) and memory for decode (the artifact's bytes on disk, all read once
     per generated token, times the decode tokens/s, against the read bandwidth)."""
-    if peaks is None or (result.compute_dtype is None and result.decode_tokens_per_s is None):
+    if peaks is None or (result.roofline_dtype is None and result.decode_tokens_per_s is None):
         return  # nothing measured to hold against the peaks (a skipped case)
-    dtype = result.compute_dtype
+    dtype = result.roofline_dtype
     peak = peaks.gflops.get(dtype) if dtype else None
     result.roofline_peak_gflops, result.roofline_bandwidth_gbs = peak, peaks.bandwidth_gbs
     latency_s = result.latency_p50_ms / 1e3 if _positive(result.latency_p50_ms) else None
