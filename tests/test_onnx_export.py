@@ -158,7 +158,7 @@ def test_calibration_feeds_match_the_graph_inputs(decoder, classifier, tmp_path)
     base, model, _ = decoder
     graph = tmp_path / "model.onnx"
     export_graph(model, "causal-lm", tokenizer(), graph)
-    feeds = calibration_feeds(graph, stage_context(base, "causal-lm"), 3)
+    feeds = calibration_feeds(graph, stage_context(base, "causal-lm"), 3, base)
     assert len(feeds) == 3
     names = {"input_ids", "attention_mask", "position_ids", *past_names(model.config.num_hidden_layers)}
     assert set(feeds[0]) == names
@@ -169,7 +169,7 @@ def test_calibration_feeds_match_the_graph_inputs(decoder, classifier, tmp_path)
     cbase, cmodel, _ = classifier
     cgraph = tmp_path / "classifier.onnx"
     export_graph(cmodel, "classifier", tokenizer(), cgraph)
-    cfeeds = calibration_feeds(cgraph, stage_context(cbase, "classifier"), 2)
+    cfeeds = calibration_feeds(cgraph, stage_context(cbase, "classifier"), 2, cbase)
     assert set(cfeeds[0]) == {"input_ids", "attention_mask", "token_type_ids"}
 
 

@@ -80,8 +80,11 @@ def mislabelled(methods) -> list[str]:
         if hasattr(method, "scheme") and method.scheme != method_id:
             wrong.append(f"{method_id}: scheme {method.scheme}")
         width = re.search(r"w(\d+)g(\d+)", method_id)
-        if width and (method.bits, method.group_size) != (int(width[1]), int(width[2])):
-            wrong.append(f"{method_id}: {method.bits} bits, groups of {method.group_size}")
+        # OpenVINO's weight compression names its width in the mode (ov-w4g32-asym: int4-weights)
+        bits = getattr(method, "bits", None) or {"int4-weights": 4, "int8-weights": 8}.get(
+            getattr(method, "compression", None))
+        if width and (bits, method.group_size) != (int(width[1]), int(width[2])):
+            wrong.append(f"{method_id}: {bits} bits, groups of {method.group_size}")
     return wrong
 
 

@@ -63,7 +63,8 @@ def fake_make(tmp_path):
 
     def make(**env):
         return subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "regress", "BASE=base.json",
-                               f"BIN={bin_dir}", f"STAMP={stamp}", f"RESULTS={results}", f"REPORT_DIR={report}"],
+                               f"BIN={bin_dir}", f"STAMP={stamp}", f"LLAMA_STAMP={stamp}", f"RESULTS={results}",
+                               f"REPORT_DIR={report}"],
                               capture_output=True, text=True, timeout=60, env={**os.environ, **env})
     return make, results, report, log
 

@@ -197,14 +197,15 @@ def gguf_tensors(src: Path, config: dict[str, Any]):
     heads = config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads") or heads
     tied = config.get("tie_word_embeddings", False)
+    output = f"{gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.OUTPUT]}.weight"  # the output projection, llama.cpp's name
     for file in sorted(Path(src).glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as handle:
             for hf_name in handle.keys():
-                if tied and hf_name == "lm_head.weight":
-                    continue  # llama.cpp reads a missing output tensor as the tied token embedding
                 name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
                 if name is None:
                     raise MethodUnsupported(f"GGUF export: no llama.cpp tensor for {hf_name} in {file.name}")
+                if tied and name == output:
+                    continue  # llama.cpp reads a missing output tensor as the tied token embedding
                 data = handle.get_tensor(hf_name).to(torch.float32).numpy()
                 if hf_name.endswith(("q_proj.weight", "q_proj.bias")):
                     data = rope_permute(data, heads)

@@ -190,7 +190,7 @@ class OrtExport(Method):
     def check_supported(self, kind, device: str) -> None:
         super().check_supported(kind, device)
         if self.embeddings and kind == "causal-lm":
-            raise MethodUnsupported("a decoder's embedding is its lm_head's weight when tied, and the head stays "
+            raise MethodUnsupported("a decoder's embedding is its output layer's weight if tied, and the head stays "
                                     "in full precision: embedding compression applies to classifiers")
 
     @property

@@ -119,7 +119,7 @@ class OpenVinoExport(Method):
     def check_supported(self, kind, device: str) -> None:
         super().check_supported(kind, device)
         if self.embeddings and kind == "causal-lm":
-            raise MethodUnsupported("a decoder's embedding is its lm_head's weight when tied, and the head stays "
+            raise MethodUnsupported("a decoder's embedding is its output layer's weight if tied, and the head stays "
                                     "in full precision: embedding compression applies to classifiers")
         if self.precision == "bf16" and not ov_has_bf16():
             raise MethodUnsupported("this CPU has no bf16 arithmetic (OpenVINO would run the bf16 row in f32)")
