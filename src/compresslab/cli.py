@@ -1,4 +1,4 @@
-"""``compresslab list | build | report | compare | init``.
+"""``compresslab list | build | report | compare | merge | init``.
 
 Exit status: 0 ok, 1 a regression (compare), 2 bad input, told in one line on stderr:
 ``compresslab <command>: <message>``.
@@ -155,6 +155,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_REGRESSION if result.regressions else EXIT_OK
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from compresslab import merge
+
+    document, merged = merge.merge(args.runs)
+    path = merge.write(document, merged[0].kind, args.out)
+    shards = [entry["shard"] for entry in document.get("merged_from") or document["compresslab"]["merged_from"]]
+    named = f" (shards {', '.join(shards)})" if all(shards) else ""
+    print(f"merged {len(merged)} runs{named}, {sum(len(run.records) for run in merged)} cases: {path}")
+    return EXIT_OK
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from compresslab import project_init
 
@@ -216,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "rule's threshold becomes at least the largest change of that case between two of them "
                           "(base included, head ignored; 3 runs needed); repeatable")
     cmp.set_defaults(func=cmd_compare)
+    mrg = sub.add_parser("merge", help="join the runs of shards (--compresslab-shard I/N) into one run",
+                         description="exit status: 0 merged, 2 runs of different commits or settings, a shard "
+                                     "missing or given twice, a case in two runs")
+    mrg.add_argument("runs", nargs="+", metavar="RUN", help="every shard's run (sidecars, or pytest-benchmark JSON); "
+                                                             "same forms as compare")
+    mrg.add_argument("-o", "--out", help="the merged run's file (default for sidecars: .compresslab/runs/"
+                                         "<time>_<commit>_merged.json and .compresslab/latest.json)")
+    mrg.set_defaults(func=cmd_merge)
     init = sub.add_parser("init", help="write a commented starter compresslab.toml for your own checkpoint")
     init.add_argument("source", help="a local checkpoint directory (config.json + weights), a .gguf file or a hub id "
                                      "(read from the local Hugging Face cache only)")

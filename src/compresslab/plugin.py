@@ -62,6 +62,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="which cases of the registry's matrix run: smoke (CI on every pull request), default "
                          "(the Pareto-relevant rows; the default without COMPRESSLAB_MATRIX) or full (every row, "
                          "the slow and the known-bad included; the default with COMPRESSLAB_MATRIX)")
+    group.addoption("--compresslab-shard", default=None, metavar="I/N",
+                    help="run shard I of N of the selected cases (default: $COMPRESSLAB_SHARD); cases sharing a model "
+                         "and first stage stay together; `compresslab merge` joins the shards' runs")
     group.addoption("--compresslab-allow-missing", action="store_true",
                     help="with --compresslab-baseline: a collected case that passed in the baseline and is skipped "
                          "now is no regression (one that fails or errors still is)")
@@ -80,6 +83,9 @@ def pytest_configure(config: pytest.Config) -> None:
     session = config.stash[STASH_KEY] = CompresslabSession(config, run_id, is_worker)  # checks the gate's options
     session.check_project()
     check_matrix_env(session)
+    from compresslab import shard
+
+    shard.configure(config)  # a bad --compresslab-shard: one usage line, before collection
     if not is_worker:
         show_warnings_live(config)
         stop_cleanly_on_sigterm(config)

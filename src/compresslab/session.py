@@ -154,6 +154,7 @@ class CompresslabSession:
         self.stop_signal: str | None = None  # "SIGTERM" when a signal stopped the run
         self.tier_counts: tuple[str, int, int] | None = None  # (tier, cases kept, cases collected)
         self.ending = Ending()
+        self.sidecar_fields: dict[str, Any] = {}  # more of the run for its sidecar (shard.py: which shard)
         self._settings: Settings | None = None
         self._floors = None
         self._catalog = None
@@ -345,11 +346,26 @@ class CompresslabSession:
         if exitstatus == pytest.ExitCode.INTERRUPTED:
             self.ending.incomplete = f"interrupted ({self.stop_signal or 'KeyboardInterrupt'})"
         document = results.sidecar_document(records, out, self.ending.incomplete, self.roofline_info())
+        document.update(settings=self.recorded_settings(), **self.sidecar_fields)
         self.ending.sidecar = results.write_sidecar(document, out)
         self.ending.cases = len(records)
         results.drop_journals(journals)
         if self.gate is not None:
             self.check_gate(session, records, document)
+
+    def recorded_settings(self) -> dict[str, Any] | None:
+        """The settings that shape the run's numbers, as its sidecar records them: runs merged into
+        one (``compresslab merge``) must agree on them."""
+        from compresslab.device import device_type
+        from compresslab.matrix import ENV
+
+        try:
+            settings = self.settings
+        except pytest.UsageError:
+            return None
+        return {"device": device_type(settings.device), "threads": settings.threads, "rounds": settings.rounds,
+                "warmup": settings.warmup, "memory": settings.memory,
+                "tier": self.config.getoption("--compresslab-tier"), "matrix": os.environ.get(ENV)}
 
     def check_gate(self, session: pytest.Session, records: list[Any], document: dict[str, Any]) -> None:
         """Compare this run (its records in memory) with the baseline; a regression turns a passing
