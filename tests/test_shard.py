@@ -14,13 +14,15 @@ import pytest
 from compresslab import cli, merge, registry, runs, shard
 from compresslab.shard import CaseTimes
 from runfiles import CASES, as_pytest_benchmark, sidecar, write
-from test_plugin import run, suite_dir  # noqa: F401 - the fixture
+import test_plugin
+from test_plugin import run
 from test_usage_and_tiers import usage_error_line
 
 CHAINS = ("fp32", "bf16", "int8-dynamic", "distill-half", "distill-half+int8-dynamic", "distill-half+ov-int8",
           "distill-half+vocab-trim+ov-int8", "prune-global-50", "prune-global-50+int8-dynamic", "ort-int8",
           "vocab-trim", "vocab-trim+ort-int8")
 MODELS = ("minilm-sentiment", "smollm2-135m")
+suite_dir = test_plugin.suite_dir  # the fixture: tiny models registered for pytester runs
 ALL = [(model, chain) for model in MODELS for chain in CHAINS]
 
 
@@ -196,6 +198,44 @@ def test_the_shards_of_a_collection_partition_it_and_say_so(suite_dir, monkeypat
     assert collected(run(suite_dir, "--collect-only", "-q", "--compresslab-shard", "1/3")) == parts[0]
 
 
+GONE_BENCH = """
+import pytest
+from compresslab.plugin import case_params
+
+@pytest.mark.parametrize("compressed", case_params({"tiny-gone": ("fp32", "bf16", "int8-weight", "distill-half",
+                                                                  "distill-half+int8-dynamic")}), indirect=True)
+def test_compression(compressed, benchmark):
+    compressed.time(benchmark)
+"""
+
+
+def test_the_shards_runs_record_their_shard_and_merge_into_the_unsharded_run(suite_dir):
+    """Real runs of the plugin (cases whose weights are missing skip before building anything)."""
+    suite_dir.makepyfile(test_bench=GONE_BENCH)
+    run(suite_dir, "--compresslab-results-dir", "whole").assert_outcomes(skipped=5)
+    plans = set()
+    for index in (1, 2):
+        result = run(suite_dir, "--compresslab-results-dir", f"shard{index}", "--compresslab-shard", f"{index}/2")
+        document = json.loads((suite_dir.path / f"shard{index}" / "latest.json").read_text())
+        shard_info = document["shard"]
+        assert (shard_info["index"], shard_info["count"], shard_info["selected"]) == (index, 2, 5)
+        assert len(document["benchmarks"]) == shard_info["cases"] == shard_info["sizes"][index - 1] > 0
+        result.assert_outcomes(skipped=shard_info["cases"], deselected=5 - shard_info["cases"])
+        assert document["settings"]["rounds"] == 3 and document["settings"]["device"] == "cpu"
+        plans.add(shard_info["plan"])
+    assert len(plans) == 1
+    out = suite_dir.path / "merged.json"
+    assert cli.main(["merge", str(suite_dir.path / "shard1" / "latest.json"), str(suite_dir.path / "shard2" / "latest.json"),
+                     "-o", str(out)]) == cli.EXIT_OK
+    whole = runs.load(suite_dir.path / "whole" / "latest.json")
+    assert runs.load(out).records == whole.records
+    assert cli.main(["compare", str(suite_dir.path / "whole" / "latest.json"), str(out), "--fail=size:+1%"]) == 0
+    # a shard run with other settings is refused
+    run(suite_dir, "--compresslab-results-dir", "other", "--compresslab-shard", "2/2", "--compresslab-rounds", "4")
+    assert cli.main(["merge", str(suite_dir.path / "shard1" / "latest.json"), str(suite_dir.path / "other" / "latest.json"),
+                     "-o", str(suite_dir.path / "bad.json")]) == cli.EXIT_BAD_INPUT
+
+
 # --- merge -----------------------------------------------------------------------------------------
 
 def shard_runs(document, count=2, plan_id="p1"):
@@ -230,7 +270,6 @@ def test_merged_shards_are_the_unsharded_run_and_compare_reads_them(tmp_path, ca
         ("shard1.json", "1/2", "runner-1"), ("shard2.json", "2/2", "runner-2")]
     assert "shard" not in document and document["machine_info"]["node"] == "runner-1, runner-2"
     assert cli.main(["compare", str(whole), str(out), "--fail=size:+1%", "--fail=accuracy:-0.5pt"]) == cli.EXIT_OK
-    assert cli.main(["report", str(out), "--out", str(tmp_path / "report")]) == cli.EXIT_OK
 
 
 def test_merge_without_out_writes_where_the_plugin_writes_runs(tmp_path, capsys, monkeypatch):
@@ -331,3 +370,37 @@ def test_a_shard_that_stopped_early_leaves_the_merged_run_incomplete(tmp_path):
     document, _ = merge.merge(written(tmp_path, [first, second]))
     assert document["incomplete"] == "2/2: interrupted (SIGTERM)"
     assert document["machine_info"]["roofline"] == {"shards": {"1/2": {"peak_gflops": {"fp32": 100.0}}}}
+
+
+FAKE_COMPRESSLAB = """#!/bin/sh
+echo "compresslab $@" >> "{log}"
+if [ "$1" = merge ]; then echo '{{"benchmarks": []}}' > "$5"; fi
+if [ "$1" = compare ]; then echo "compared"; exit "${{COMPARE_STATUS:-0}}"; fi
+if [ "$1" = report ]; then echo "the table"; fi
+"""
+
+
+@pytest.mark.parametrize("status", [0, 1])
+def test_make_merge_gate_merges_the_shards_then_gates_and_reports(tmp_path, status):
+    """The GPU workflow's gate: merge, compare (its exit status is the target's), report."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    bin_dir, log, stamp = tmp_path / "bin", tmp_path / "calls.log", tmp_path / "installed"
+    bin_dir.mkdir()
+    stamp.touch()
+    (bin_dir / "compresslab").write_text(FAKE_COMPRESSLAB.format(log=log))
+    (bin_dir / "compresslab").chmod(0o755)
+    results, report = tmp_path / "results", tmp_path / "report"
+    done = subprocess.run(["make", "--no-print-directory", "-C", str(Path(__file__).resolve().parent.parent),
+                           "merge-gate", "RUNS=s1.json s2.json", "BASE=base.json", f"BIN={bin_dir}", f"STAMP={stamp}",
+                           f"RESULTS={results}", f"REPORT_DIR={report}", "FAIL=size:+1%"],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "COMPARE_STATUS": str(status)})
+    assert (done.returncode == 0) == (status == 0), done.stdout + done.stderr
+    calls = log.read_text().splitlines()
+    assert calls == [f"compresslab merge s1.json s2.json -o {results}/latest.json",
+                     f"compresslab compare base.json {results}/latest.json --fail=size:+1%",
+                     f"compresslab report {results}/latest.json --out {report} --format markdown"]
+    summary = (report / "summary.md").read_text()
+    assert "compared" in summary and "the table" in summary

@@ -30,7 +30,8 @@ def test_workflows_call_the_repo_targets():
     ci = (REPO / ".github" / "workflows" / "ci.yml").read_text()
     gpu = (REPO / ".github" / "workflows" / "gpu-regression.yml").read_text()
     assert "make test" in ci and "make smoke" in ci and "make regress-smoke BASE=" in ci
-    assert "runs-on: [self-hosted, gpu]" in gpu and "make regress BASE=" in gpu
+    assert "runs-on: [self-hosted, gpu]" in gpu and "make merge-gate RUNS=" in gpu and " BASE=baseline/" in gpu
+    assert "--compresslab-shard ${{ matrix.shard }}/${{ strategy.job-total }}" in gpu and "needs: shard" in gpu
     assert "compresslab-baseline-${{ github.sha }}" in gpu and "GITHUB_STEP_SUMMARY" in gpu
     assert "make regress-smoke BASE=" in (REPO / ".ci" / "run").read_text()
 
