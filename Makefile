@@ -8,6 +8,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.compresslab-installed
 # the llama extra (requirements/llama.txt): compiled on install, so a stamp of its own
 LLAMA_STAMP := $(VENV)/.compresslab-llama-installed
+# test-only packages (requirements/test.txt: an S3 server for the remote cache's tests), a stamp of their own
+TEST_STAMP := $(VENV)/.compresslab-test-installed
 # Extra pytest arguments, e.g. make bench BENCH_ARGS='-k "smollm2 and int8"'
 BENCH_ARGS ?=
 # The tier of the registry's matrix a benchmark run takes (registry.py): smoke (CI on every pull
@@ -60,7 +62,13 @@ $(LLAMA_STAMP): requirements/llama.txt $(STAMP)
 	$(BIN)/python -m pip install --quiet -r requirements/llama.txt -c requirements/cpu.txt
 	touch $@
 
-test: $(STAMP) $(LLAMA_STAMP)
+$(TEST_STAMP): requirements/test.txt $(STAMP)
+	$(BIN)/python -m pip install --quiet -r requirements/test.txt -c requirements/cpu.txt
+	@broken=$$($(BIN)/python -m pip check | grep -vE '^($(ASSET_DISTS)) |^No broken'); \
+	if [ -n "$$broken" ]; then echo "$$broken"; exit 1; fi
+	touch $@
+
+test: $(STAMP) $(LLAMA_STAMP) $(TEST_STAMP)
 	$(BIN)/python -m pytest tests -q
 
 bench: $(STAMP) $(LLAMA_STAMP)

@@ -8,6 +8,7 @@ def _isolated_cache(tmp_path, monkeypatch):
     # Never touch a user's real artifact cache from unit tests.
     monkeypatch.setenv("COMPRESSLAB_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("COMPRESSLAB_MATRIX", raising=False)
+    monkeypatch.delenv("COMPRESSLAB_REMOTE_CACHE", raising=False)  # nor a user's shared remote cache
 
 
 @pytest.fixture(autouse=True)

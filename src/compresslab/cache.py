@@ -16,7 +16,9 @@ and sha256, build time). Guarantees:
   not re-hashed);
 - a full disk (ENOSPC, EDQUOT, EFBIG) while building fails with one line, a ``CacheError``,
   and leaves nothing under the key nor in ``.tmp``; the next call builds afresh;
-- ``check_usable(root)`` turns an unusable cache dir into one ``CacheError`` line.
+- ``check_usable(root)`` turns an unusable cache dir into one ``CacheError`` line;
+- with ``remote`` (remote_cache.RemoteCache), a local miss is fetched from the remote store, and a
+  local build is uploaded to it (remote_cache.py says how, and what it guarantees).
 """
 
 from __future__ import annotations
@@ -113,9 +115,10 @@ def _payload_files(payload: Path) -> dict[str, dict[str, Any]]:
 
 
 class ArtifactCache:
-    def __init__(self, root: Path, lock_timeout_s: float = 3 * 3600):
+    def __init__(self, root: Path, lock_timeout_s: float = 3 * 3600, remote: Any = None):
         self.root = Path(root)
         self.lock_timeout_s = lock_timeout_s
+        self.remote = remote  # remote_cache.RemoteCache or None
         # key -> the manifest text this process verified the entry against (see lookup).
         self._verified: dict[str, str] = {}
 
@@ -197,6 +200,8 @@ class ArtifactCache:
             entry = None if rebuild else self._lookup_or_quarantine(key)
             if entry is not None:
                 return entry, False
+            if self.remote is not None:
+                return self.remote.get_or_build(self, key, build, inputs or {}, rebuild)
             return self._build_and_publish(key, build, inputs or {}), True
         finally:
             lock.release()
@@ -225,10 +230,24 @@ class ArtifactCache:
             self._quarantine(key, str(err))
             return None
 
-    def _build_and_publish(self, key: str, build: Callable[[Path], None], inputs: dict[str, Any]) -> Entry:
+    def new_tmp(self, key: str) -> Path:
+        """Under the key's lock: an empty ``<tmp>/payload/`` to fill, published by publish_tmp."""
         self._clear_stale_tmp(key)
         tmp = self._tmp_root() / f"{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         (tmp / PAYLOAD).mkdir(parents=True)
+        return tmp
+
+    def publish_tmp(self, key: str, tmp: Path, text: str, manifest: dict[str, Any]) -> Entry:
+        """Under the key's lock: the complete ``tmp`` (payload and manifest ``text``) renamed into place."""
+        final = self.path_for(key)
+        if final.exists():  # only with rebuild=True: replace the old entry
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        self._verified[key] = text
+        return Entry(key, final, manifest)
+
+    def _build_and_publish(self, key: str, build: Callable[[Path], None], inputs: dict[str, Any]) -> Entry:
+        tmp = self.new_tmp(key)
         try:
             started = time.perf_counter()
             build(tmp / PAYLOAD)
@@ -245,10 +264,7 @@ class ArtifactCache:
                 raise RuntimeError(f"build of {key} produced no files")
             text = json.dumps(manifest, indent=2, default=str)
             (tmp / MANIFEST).write_text(text)
-            final = self.path_for(key)
-            if final.exists():  # only with rebuild=True: replace the old entry
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            entry = self.publish_tmp(key, tmp, text, manifest)
         except BaseException as err:
             shutil.rmtree(tmp, ignore_errors=True)
             # Only a full disk becomes a CacheError: any other OSError of a build (a missing input,
@@ -257,5 +273,4 @@ class ArtifactCache:
                 where = err.filename or tmp
                 raise CacheError(f"building {key}: could not write the artifact ({err.strerror}: {where})") from err
             raise
-        self._verified[key] = text
-        return Entry(key, final, manifest)
+        return entry

@@ -107,19 +107,22 @@ def print_cases(catalog, book, family_of: dict[str, str]) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from compresslab import cache, device
+    from compresslab import cache, device, remote_cache
     from compresslab.pipeline import Pipeline
     from compresslab.session import default_cache_dir
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cache_dir = Path(args.cache_dir or default_cache_dir())
     cache.check_usable(cache_dir)  # a file or a read-only dir: one line now, not a traceback after the model work
+    remote_url = remote_cache.configured(args.remote_cache)  # a bad URL: one line now too
     resolved = device.resolve(args.device)
     device.pin_threads(device.available_cpus() if args.threads is None else args.threads)
     catalog = _catalog(args)
     spec = catalog.get_model(args.model)
     spec.source.check_available()
-    pipeline = Pipeline(cache.ArtifactCache(cache_dir), catalog.methods, rebuild=args.rebuild, tasks=catalog.tasks)
+    remote = remote_cache.RemoteCache(remote_url) if remote_url else None
+    pipeline = Pipeline(cache.ArtifactCache(cache_dir, remote=remote), catalog.methods, rebuild=args.rebuild,
+                        tasks=catalog.tasks)
     artifact = pipeline.build(spec, args.method, resolved)
     for stage in artifact.stages:
         state = "built" if stage.built_now else "cached"
@@ -197,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("model")
     build.add_argument("method", help="a method id or a chain such as bf16+int8-weight")
     build.add_argument("--cache-dir")
+    build.add_argument("--remote-cache", metavar="URL",
+                       help="a remote artifact cache (s3://, gs://, az://, file:// or a path; default: "
+                            "$COMPRESSLAB_REMOTE_CACHE)")
     build.add_argument("--device", default="auto")
     build.add_argument("--threads", type=_positive_int, help="intra-op threads (default: all CPUs available)")
     build.add_argument("--rebuild", action="store_true")

@@ -18,7 +18,8 @@ import os
 import pytest
 
 from compresslab.fixture import Case
-from compresslab.session import DEFAULT_ROUNDS, DEFAULT_WARMUP, STASH_KEY, CompresslabSession, session_of
+from compresslab.session import (DEFAULT_ROUNDS, DEFAULT_WARMUP, STASH_KEY, CompresslabSession, remote_cache_url,
+                                 session_of)
 
 log = logging.getLogger("compresslab")
 
@@ -34,6 +35,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("compresslab", "compresslab: compression benchmarks")
     group.addoption("--compresslab-cache-dir", default=None,
                     help="artifact cache (default: $COMPRESSLAB_CACHE_DIR or the user cache dir)")
+    group.addoption("--compresslab-remote-cache", default=None, metavar="URL",
+                    help="a remote artifact cache shared between machines: s3://, gs://, az://, file:// or a "
+                         "filesystem path (default: $COMPRESSLAB_REMOTE_CACHE; none)")
     group.addoption("--compresslab-rebuild", action="store_true", help="rebuild every artifact the run uses")
     group.addoption("--compresslab-config", default=None, metavar="FILE",
                     help="the project's compresslab config (default: compresslab.toml, or [tool.compresslab] in "
@@ -82,6 +86,7 @@ def pytest_configure(config: pytest.Config) -> None:
     run_id = config.workerinput[RUN_ID_KEY] if is_worker else new_run_id()
     session = config.stash[STASH_KEY] = CompresslabSession(config, run_id, is_worker)  # checks the gate's options
     session.check_project()
+    remote_cache_url(config)  # a bad URL or a missing backend package: one usage line now
     check_matrix_env(session)
     from compresslab import shard
 

@@ -35,6 +35,7 @@ class Settings:
     warmup: int
     memory: str
     reeval: bool
+    remote_cache: str | None = None  # an fsspec URL (remote_cache.py), or None: the local cache only
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -54,6 +55,7 @@ class Settings:
                 warmup=option("--compresslab-warmup"),
                 memory=option("--compresslab-memory"),
                 reeval=option("--compresslab-reeval") or option("--compresslab-rebuild"),
+                remote_cache=remote_cache_url(config),
             )
         except ValueError as err:  # DeviceError
             raise pytest.UsageError(str(err)) from None
@@ -70,6 +72,17 @@ class Settings:
             check_usable(self.cache_dir)
         except CacheError as err:
             raise pytest.UsageError(str(err)) from None
+
+
+def remote_cache_url(config: pytest.Config) -> str | None:
+    """--compresslab-remote-cache, else $COMPRESSLAB_REMOTE_CACHE; a bad scheme or a missing backend
+    package is one usage-error line (pytest_configure calls it: before anything builds)."""
+    from compresslab import remote_cache
+
+    try:
+        return remote_cache.configured(config.getoption("--compresslab-remote-cache"))
+    except remote_cache.RemoteCacheError as err:
+        raise pytest.UsageError(str(err)) from None
 
 
 def default_cache_dir() -> Path:
@@ -241,8 +254,13 @@ class CompresslabSession:
             cpu_workers_default(settings.threads)
             self.peaks = probe_peaks(settings.device)
             catalog = self.catalog
-            pipeline = Pipeline(ArtifactCache(settings.cache_dir), catalog.methods, rebuild=settings.rebuild,
-                                tasks=catalog.tasks)
+            remote = None
+            if settings.remote_cache:
+                from compresslab.remote_cache import RemoteCache
+
+                remote = RemoteCache(settings.remote_cache)
+            pipeline = Pipeline(ArtifactCache(settings.cache_dir, remote=remote), catalog.methods,
+                                rebuild=settings.rebuild, tasks=catalog.tasks)
             self._cases = CaseRunner(pipeline, catalog.tasks, settings.device, settings.threads,
                                      memory=settings.memory, reeval=settings.reeval)
         return self._cases

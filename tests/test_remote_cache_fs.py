@@ -1,0 +1,115 @@
+"""The remote artifact cache (remote_cache.py) on a filesystem path (a shared mount) and the checks
+of its URL (test_remote_cache.py: the same against a real S3-compatible server;
+test_remote_cache_plugin.py: the plugin's option)."""
+
+import importlib.util
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from compresslab import remote_cache
+from compresslab.cache import ArtifactCache
+from compresslab.remote_cache import RemoteCache
+
+WARNINGS = "compresslab.remote_cache"
+
+
+def store(url: str):
+    import fsspec
+
+    return fsspec.core.url_to_fs(url, skip_instance_cache=True, use_listings_cache=False)
+
+
+def write_weights(content: bytes, calls: list | None = None):
+    def build(out: Path) -> None:
+        if calls is not None:
+            calls.append(content)
+        (out / "weights.bin").write_bytes(content)
+        (out / "sub").mkdir()
+        (out / "sub" / "config.json").write_text("{}")
+    return build
+
+
+def never_build(out: Path) -> None:
+    raise AssertionError("the builder was called although the remote cache holds the entry")
+
+
+def remote_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == WARNINGS and r.levelname == "WARNING"]
+
+
+def fill_then_fetch(url: str, tmp_path: Path) -> None:
+    calls = []
+    first, built = ArtifactCache(tmp_path / "a", remote=RemoteCache(url)).get_or_build(
+        "k1", write_weights(b"weights", calls), inputs={"x": 1})
+    assert built and calls == [b"weights"]
+    fs, root = store(url)
+    assert json.loads(fs.cat_file(f"{root}/k1/manifest.json")) == first.manifest
+    assert fs.cat_file(f"{root}/k1/payload/weights.bin") == b"weights"
+    assert not fs.find(f"{root}/.tmp") and not fs.find(f"{root}/.leases")  # the upload's temporaries are gone
+
+    second, built = ArtifactCache(tmp_path / "b", remote=RemoteCache(url)).get_or_build("k1", never_build)
+    assert not built and second.path == tmp_path / "b" / "k1"
+    assert (second.payload / "weights.bin").read_bytes() == b"weights"
+    assert second.manifest == first.manifest  # the build's own record (build_s, inputs) travels with it
+    ArtifactCache(tmp_path / "b").lookup("k1")  # a whole local entry: verified by a fresh local cache
+    assert list((tmp_path / "b" / ".tmp").iterdir()) == []
+
+
+def racing_machines(url: str, tmp_path: Path) -> list[tuple[bool, bytes]]:
+    """Two machines (own local caches, own remote clients) ask for one key at once."""
+    builds, go, results = [], threading.Barrier(2), []
+
+    def slow_build(out: Path) -> None:
+        builds.append(out)
+        time.sleep(1.0)
+        (out / "weights.bin").write_bytes(b"shared")
+
+    def machine(name: str) -> None:
+        cache = ArtifactCache(tmp_path / name, remote=RemoteCache(url, lease_stale_s=30.0, poll_s=0.1))
+        go.wait()
+        entry, built = cache.get_or_build("k1", slow_build)
+        results.append((built, (entry.payload / "weights.bin").read_bytes()))
+
+    threads = [threading.Thread(target=machine, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(builds) == 1, builds
+    return results
+
+
+@pytest.mark.parametrize("form", ["path", "file-url"])
+def test_a_filesystem_path_is_a_remote_cache_too(tmp_path, form, caplog):
+    shared = tmp_path / "shared"
+    fill_then_fetch(str(shared) if form == "path" else f"file://{shared}", tmp_path)
+    assert remote_warnings(caplog) == []
+
+
+def test_one_build_per_key_across_machines_on_a_shared_path(tmp_path):
+    assert sorted(racing_machines(str(tmp_path / "shared"), tmp_path)) == [(False, b"shared"), (True, b"shared")]
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("ftp://host/dir", "unknown scheme ftp://; valid: s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX]"),
+    ("s3://", "names no bucket or path"),
+    ("gs://bucket/x", "the gs:// backend needs the gcsfs package (pip install gcsfs)"),
+    ("az://container/x", "the az:// backend needs the adlfs package (pip install adlfs)"),
+])
+def test_a_bad_url_is_one_line(url, expected):
+    package = expected.split("the ")[-1].split()[0] if "package" in expected else None
+    if package and importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed here")
+    with pytest.raises(remote_cache.RemoteCacheError) as info:
+        remote_cache.check_url(url)
+    assert str(info.value).startswith(f"remote cache {url!r}: {expected}")
+    assert "\n" not in str(info.value)
+
+
+def test_good_urls_pass_the_check(tmp_path):
+    for url in ("s3://bucket", "s3://bucket/deep/prefix", str(tmp_path), f"file://{tmp_path}", "relative/dir"):
+        remote_cache.check_url(url)
