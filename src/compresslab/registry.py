@@ -22,6 +22,8 @@ from compresslab.methods.ort_fused import OrtFused
 from compresslab.methods.oneshot_sparsity import OneShotSparsity
 from compresslab.methods.openvino import OpenVinoExport
 from compresslab.methods.pruning import MagnitudePrune
+from compresslab.methods.speculative import SpeculativeDecoding
+from compresslab.methods.qat import QuantizationAwareTraining
 from compresslab.methods.structured import StructuredPrune
 from compresslab.methods.torchao_quant import TorchaoQuant
 from compresslab.methods.torchao_static import TorchaoStaticInt8
@@ -109,6 +111,10 @@ ROWS: tuple[Row, ...] = (
     # its fp32 perplexity wherever the format can hold that grid; one that cannot is a known failure.
     Row("hqq-w4g32-asym", HQQ(bits=4, group_size=32, compute_dtype="float32", zero_point="min-max")),
     Row("gptq-w4g32-asym", GPTQ(bits=4, group_size=32, sym=False)),
+    # quantization-aware training (methods/qat.py): a fine-tune on fake-quantized Linears, fixed in steps,
+    # then its PTQ twin's conversion and artifact; floors: at least as good as the twin in the same run
+    Row("qat-int8", QuantizationAwareTraining(target="int8-dynamic")),
+    Row("qat-int4", QuantizationAwareTraining(target="int4-weight", group_size=128)),
     # sparsity and structure
     Row("prune-l1-50", MagnitudePrune(sparsity=0.5, scope="layer")),
     Row("prune-global-50", MagnitudePrune(sparsity=0.5, scope="global")),
@@ -122,6 +128,8 @@ ROWS: tuple[Row, ...] = (
     Row("wanda-50", OneShotSparsity(algorithm="wanda", sparsity=0.5)),
     Row("prune-struct-30", StructuredPrune(fraction=0.3)),
     Row("distill-half", LayerDropDistill(keep_every=2), default=CLF),
+    # speculative decoding: the target unchanged, drafted by its distill-half student (decoders only)
+    Row("spec-distill-half", SpeculativeDecoding(draft="distill-half", num_draft_tokens=4)),
     # the vocabulary the task's training split uses: tokenizer and word embedding shrink together
     Row("vocab-trim", VocabTrim()),
     Row("lowrank-svd", LowRankSVD(energy=0.6)),
@@ -134,6 +142,8 @@ ROWS: tuple[Row, ...] = (
     Row("openvino", OpenVinoExport()),
     Row("ov-bf16", OpenVinoExport(precision="bf16")),  # the same fp32 IR, computed in bf16 (CPUs that have it)
     Row("ov-int8", OpenVinoExport(compression="int8"), default=CLF),
+    # ov-int8 with SmoothQuant at the paper's balanced alpha 0.5 on every MatMul (ov-int8: NNCF's own 0.95)
+    Row("ov-int8-sq", OpenVinoExport(compression="int8", smooth_quant_alpha=0.5)),
     Row("ov-int8-weights", OpenVinoExport(compression="int8-weights"), default=LM),
     Row("ov-int4-weights", OpenVinoExport(compression="int4-weights"), default=BOTH),
     # int8 graphs whose embedding tables are 4-bit (int8 PTQ and dynamic int8 already store them in 8 bits)

@@ -1,0 +1,170 @@
+"""Quantization-aware training (methods/qat.py) on tiny models: fake-quantized training that moves the
+weights for exactly the budget's steps, converted to the PTQ twin's real quantized artifact, which
+reloads quantized and computes what the in-memory quantized model computes."""
+
+import json
+
+import pytest
+import torch
+
+from compresslab import registry
+from compresslab.methods.base import MethodUnsupported
+from compresslab.methods.dtype import DtypeCast
+from compresslab.methods.qat import (QuantizationAwareTraining, fake_quantized, is_quantized_weight,
+                                     quanto_int4_weight_config, unquantized_linears)
+from compresslab.models.finetune import FinetuneConfig, TrainBudget
+from compresslab.models.loading import load_pretrained, save_tokenizer
+from compresslab.models.precision import linear_filter, quantizable_linears, shell_patterns
+from compresslab.models.spec import RECORDS_DIR
+from tiny import stage_context, tiny_bert_classifier, tiny_llama, tokenizer
+
+pytest.importorskip("torchao")
+pytest.importorskip("optimum.quanto")
+
+# different step counts per kind, so a record that took the wrong one shows
+BUDGET = TrainBudget(classifier=FinetuneConfig(max_steps=3, batch_size=8, max_length=32, learning_rate=1e-3),
+                     causal_lm=FinetuneConfig(max_steps=2, batch_size=1, max_length=16, learning_rate=1e-3))
+TARGETS = ("int8-dynamic", "int4-weight")
+TEXTS = ["the movie was great and happy", "awful sad day and the food was terrible"]
+
+
+def float_state(model, kind) -> dict[str, torch.Tensor]:
+    return {name: linear.weight.detach().clone() for name, linear in quantizable_linears(model, kind)}
+
+
+@pytest.fixture(scope="module")
+def base_dirs(tmp_path_factory):
+    # hidden 192: quanto groups the 192-wide inputs by 96 and the 384-wide by 128 (per-group fake quantization)
+    out = {}
+    for kind, model in (("classifier", tiny_bert_classifier(train_steps=10)),
+                        ("causal-lm", tiny_llama(train_steps=2, hidden_size=192))):
+        out[kind] = tmp_path_factory.mktemp(f"qat-{kind}-fp32")
+        model.save_pretrained(out[kind])
+        save_tokenizer(tokenizer(), out[kind])
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(base_dirs, tmp_path_factory):
+    """{(kind, target): (record, weights before, weights trained, the converted float model, artifact)}:
+    QuantizationAwareTraining.apply's steps, one by one."""
+    out = {}
+    for kind, base in base_dirs.items():
+        for target in TARGETS:
+            method, ctx = QuantizationAwareTraining(target=target, budget=BUDGET), stage_context(base, kind)
+            model = load_pretrained(base, kind, dtype=torch.float32)
+            before = float_state(model, kind)
+            record = method.train(model, ctx)
+            trained = float_state(model, kind)
+            artifact = tmp_path_factory.mktemp(f"qat-{kind}-{target}")
+            method.convert_and_save(model, artifact, ctx)
+            out[kind, target] = record, before, trained, model, artifact
+    return out
+
+
+def inputs(kind):
+    return dict(tokenizer()(TEXTS, padding=True, return_tensors="pt"))
+
+
+@pytest.mark.parametrize("kind", ["classifier", "causal-lm"])
+@pytest.mark.parametrize("target", TARGETS)
+def test_training_moves_the_weights_for_exactly_the_budget_s_steps(built, kind, target):
+    record, before, trained, _, _ = built[kind, target]
+    assert record["steps"] == record["max_steps"] == BUDGET.for_kind(kind).max_steps
+    assert record["fake_quantized_linears"] == len(before) > 0  # every quantizable Linear, not the head
+    moved = [name for name in before if not torch.equal(before[name], trained[name])]
+    assert len(moved) == len(before), f"unchanged: {set(before) - set(moved)}"
+
+
+@pytest.mark.parametrize("kind", ["classifier", "causal-lm"])
+@pytest.mark.parametrize("target", TARGETS)
+def test_artifact_reloads_quantized_as_converted_in_memory(built, kind, target, tmp_path):
+    from optimum.quanto import qint4
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    from compresslab.models.formats import quanto_class
+
+    _, before, _, converted, artifact = built[kind, target]
+    reloaded = load_pretrained(artifact, kind)
+    assert unquantized_linears(reloaded, kind) == []
+    assert not any(is_quantized_weight(m.weight) for n, m in reloaded.named_modules()
+                   if isinstance(m, torch.nn.Linear) and not linear_filter(kind)(m, n))  # the head stays float
+    assert fake_quantized(converted) == [] and len(unquantized_linears(converted, kind)) == len(before)
+    if target == "int8-dynamic":
+        quantize_(converted, Int8DynamicActivationInt8WeightConfig(), filter_fn=linear_filter(kind))
+        in_memory = converted
+    else:  # the PTQ row's CPU route: quanto qint4 on the model loaded in bf16 (rotary buffers stay fp32)
+        converted.save_pretrained(tmp_path)
+        in_memory = quanto_class(kind).quantize(load_pretrained(tmp_path, kind, dtype=torch.bfloat16), weights=qint4,
+                                                exclude=shell_patterns(kind))
+    with torch.no_grad():  # quanto's packed weights refuse inference_mode (see models/runner.py)
+        assert torch.equal(in_memory(**inputs(kind)).logits, reloaded(**inputs(kind)).logits)
+
+
+def test_the_quantized_check_fails_a_fake_quantized_model_and_an_unquantized_copy(base_dirs):
+    for kind, base in base_dirs.items():
+        plain = load_pretrained(base, kind, dtype=torch.float32)
+        n = len(quantizable_linears(plain, kind))
+        assert len(unquantized_linears(plain, kind)) == n  # an unquantized copy
+        QuantizationAwareTraining(target="int4-weight").prepare(plain, kind, "cpu")
+        assert len(fake_quantized(plain)) == n
+        assert len(unquantized_linears(plain, kind)) == n  # prepared, never converted
+
+
+def test_an_artifact_that_reloads_unquantized_fails_the_build(base_dirs, tmp_path, monkeypatch):
+    base = base_dirs["classifier"]
+    method = QuantizationAwareTraining(target="int8-dynamic", budget=BUDGET)
+    monkeypatch.setattr(QuantizationAwareTraining, "ptq", lambda self: DtypeCast(dtype="bfloat16"))
+    model = load_pretrained(base, "classifier", dtype=torch.float32)
+    method.prepare(model, "classifier", "cpu")
+    with pytest.raises(RuntimeError, match="Linears of the QAT artifact reload unquantized"):
+        method.convert_and_save(model, tmp_path, stage_context(base, "classifier"))
+
+
+def test_fake_quantization_follows_the_target_scheme(base_dirs):
+    from torchao.quantization.granularity import PerAxis, PerGroup, PerToken
+
+    model = load_pretrained(base_dirs["causal-lm"], "causal-lm", dtype=torch.float32)
+    x = inputs("causal-lm")
+    with torch.no_grad():
+        plain = model(**x).logits
+    QuantizationAwareTraining(target="int4-weight").prepare(model, "causal-lm", "cpu")
+    layers = dict(model.named_modules())
+    q_proj, down = layers["model.layers.0.self_attn.q_proj"], layers["model.layers.0.mlp.down_proj"]
+    assert q_proj.weight_fake_quantizer.config.granularity == PerGroup(96)  # quanto's group for 192 inputs
+    assert down.weight_fake_quantizer.config.granularity == PerGroup(128)
+    assert q_proj.activation_fake_quantizer is None  # weight-only
+    assert quanto_int4_weight_config(torch.nn.Linear(64, 8)).granularity == PerAxis(0)  # too narrow to group
+    with torch.no_grad():
+        assert not torch.equal(model(**x).logits, plain)  # the forward computes on fake-quantized weights
+    model = load_pretrained(base_dirs["classifier"], "classifier", dtype=torch.float32)
+    QuantizationAwareTraining(target="int8-dynamic").prepare(model, "classifier", "cpu")
+    query = dict(model.named_modules())["bert.encoder.layer.0.attention.self.query"]
+    assert query.weight_fake_quantizer.config.granularity == PerAxis(0)
+    assert query.activation_fake_quantizer.config.granularity == PerToken()
+    assert "classifier" not in fake_quantized(model)
+
+
+def test_apply_writes_the_record_and_the_twin_s_artifact(base_dirs, tmp_path):
+    base = base_dirs["classifier"]
+    QuantizationAwareTraining(target="int4-weight", budget=BUDGET).apply(base, tmp_path, stage_context(base, "classifier"))
+    record = json.loads((tmp_path / RECORDS_DIR / "qat.json").read_text())
+    assert record["target"] == "int4-weight" and record["steps"] == 3 and record["train_s"] > 0
+    from compresslab.models.formats import QUANTO_QMAP
+
+    assert (tmp_path / QUANTO_QMAP).is_file()  # saved as int4-weight saves on CPU
+
+
+def test_registered_and_validated():
+    for method_id, target, family in (("qat-int8", "int8-dynamic", "int8"), ("qat-int4", "int4-weight", "int4")):
+        method = registry.METHODS[method_id]
+        assert (method.target, method.family) == (target, family)
+        assert method.ptq() == registry.METHODS[target]  # the same scheme as the twin row
+        for kind in ("classifier", "causal-lm"):
+            method.check_supported(kind, "cpu")
+    with pytest.raises(ValueError, match="target must be one of int8-dynamic, int4-weight, got 'int8-weight'"):
+        QuantizationAwareTraining(target="int8-weight")
+    with pytest.raises(ValueError, match="group_size must be one of 32, 64, 128, got 100"):
+        QuantizationAwareTraining(target="int4-weight", group_size=100)
+    with pytest.raises(MethodUnsupported, match="group size is 128, not 64"):
+        QuantizationAwareTraining(target="int4-weight", group_size=64).check_supported("causal-lm", "cpu")
