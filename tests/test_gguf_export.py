@@ -11,6 +11,7 @@ from compresslab import registry
 from compresslab.methods import gguf_export
 from compresslab.methods.base import MethodUnsupported
 from compresslab.methods.gguf_export import MODEL_FILE, GgufExport
+from compresslab.models import llama_cpp_runner
 from compresslab.models.decoding import greedy
 from compresslab.models.graph_runner import RUNTIME_FILE
 from compresslab.models.loading import save_tokenizer
@@ -160,3 +161,36 @@ def test_missing_llama_cpp_skips_with_one_line(monkeypatch):
     monkeypatch.setattr(gguf_export, "is_installed", lambda module: module != "llama_cpp")
     with pytest.raises(MethodUnsupported, match=r"llama-cpp-python \(pip install compresslab\[llama\]"):
         GgufExport().check_supported("causal-lm", "cpu")
+
+
+def test_repacked_layout_holds_the_repackable_block_matrices_only(decoder):
+    """Q4_0 (and Q4_K) block matrices go to llama.cpp's CPU_REPACK layout; the Q4_1 file, whose type it
+    has no layout for (a null layout crashes llama.cpp), keeps the plain one."""
+    pytest.importorskip("llama_cpp")
+    base, _, outs = decoder
+    names = llama_cpp_runner.repacked_tensor_names(outs["q4_0"] / MODEL_FILE)
+    assert names and all(name.startswith("blk.") for name in names)
+    assert llama_cpp_runner.repacked_tensor_names(outs["q4_1"] / MODEL_FILE) == []
+    runner = load_runner(outs["q4_0"], base, "causal-lm", "cpu")
+    if llama_cpp_runner.cpu_buffer_type(runner.context.lib, llama_cpp_runner.REPACK_BUFFER) is None:
+        pytest.skip("this llama.cpp build has no CPU_REPACK buffer type (no AVX2)")
+    assert (runner.settings["weight_layout"], runner.settings["repacked_tensors"]) == ("CPU_REPACK", len(names))
+    plain = load_runner(outs["q4_1"], base, "causal-lm", "cpu")
+    assert (plain.settings["weight_layout"], plain.settings["repacked_tensors"]) == ("plain", 0)
+
+
+def test_repacked_layout_computes_what_the_plain_layout_computes(decoder, monkeypatch):
+    """The same Q4_0 file with and without the repacked layout: the same greedy tokens and close logits
+    (both quantize activations to 8 bits, in different block orders); a file loaded with the plain layout
+    reports it, so the comparison really compares two layouts."""
+    base, model, outs = decoder
+    inputs = padded_batch(TEXTS)
+    real = inputs["attention_mask"].bool()
+    repacked = load_runner(outs["q4_0"], base, "causal-lm", "cpu")
+    monkeypatch.setattr(llama_cpp_runner, "cpu_buffer_type", lambda lib, wanted: None)
+    plain = load_runner(outs["q4_0"], base, "causal-lm", "cpu")
+    assert plain.settings["weight_layout"] == "plain"
+    fidelity = compare_logits(plain.logits(inputs)[real], repacked.logits(inputs)[real])
+    assert fidelity.top1_agreement >= 0.95, fidelity
+    ids = tokenizer()(["the movie was"], return_tensors="pt")["input_ids"]
+    assert greedy(repacked, ids, 8).tolist() == greedy(plain, ids, 8).tolist()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import re
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,17 @@ MAX_CONTEXT = 2048  # the longest sequence a task or the timer feeds (perplexity
 BATCH_TOKENS = 512  # tokens per llama_decode call (n_batch = n_ubatch): a perplexity window in one call
 KV_TYPES = ("f16", "f32")  # the KV cache's element type: llama.cpp's default f16, or f32 beside an f32 file
 
+
+# llama.cpp's CPU backend can keep quantized weights in "extra" buffer types whose layouts its SIMD kernels
+# read faster. The loader's own choice (use_extra_bufts) picks AMX first on AMX CPUs, which crashes in
+# ggml_backend_amx_mul_mat on this machine for every quantized file (llama.cpp issue #20824, open
+# upstream); and CPU_REPACK dereferences a null layout (SIGSEGV) for a tensor it has no layout for. So the
+# repacked layout is asked for by tensor name, for the types and shapes its AVX2 layouts take (the 8x8
+# interleave: rows a multiple of 8), measured here: Q4_0 decode 84 -> 98 tokens/s on SmolLM2, 2 threads.
+REPACK_BUFFER = "CPU_REPACK"
+REPACKED_TYPES = ("Q4_0", "Q4_K")
+REPACK_ROWS = 8
+GGML_DEVICE_CPU = 0  # enum ggml_backend_dev_type
 
 log = logging.getLogger(__name__)
 GGML_LOG_ERROR = 4  # ggml.h of this llama.cpp: none 0, debug 1, info 2, warn 3, error 4, cont 5
@@ -47,6 +59,67 @@ def _quiet_llama_cpp():
     return forward
 
 
+class BufferOverride(ctypes.Structure):
+    """struct llama_model_tensor_buft_override: tensors whose name matches ``pattern`` go to ``buft``."""
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+
+def repacked_tensor_names(model_file: Path) -> list[str]:
+    """The block matrices of the file that CPU_REPACK has a layout for."""
+    import gguf
+
+    return [t.name for t in gguf.GGUFReader(model_file).tensors
+            if t.name.startswith("blk.") and t.tensor_type.name in REPACKED_TYPES
+            and len(t.shape) == 2 and int(t.shape[1]) % REPACK_ROWS == 0]
+
+
+def _ggml_function(llama_cpp, name: str, restype, argtypes):
+    """A function of the ggml libraries llama-cpp-python ships (already loaded by llama_cpp)."""
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    for lib_name in ("libggml.so", "libggml-base.so", "libggml-cpu.so"):
+        path = lib_dir / lib_name
+        if path.exists() and hasattr(lib := ctypes.CDLL(str(path)), name):
+            function = getattr(lib, name)
+            function.restype, function.argtypes = restype, argtypes
+            return function
+    return None
+
+
+def cpu_buffer_type(llama_cpp, wanted: str) -> int | None:
+    """The CPU device's extra buffer type called ``wanted``, or None when this build has none of that
+    name (another platform, an older llama.cpp, CPUs without AVX2)."""
+    void_p = ctypes.c_void_p
+    dev_by_type = _ggml_function(llama_cpp, "ggml_backend_dev_by_type", void_p, [ctypes.c_int])
+    dev_reg = _ggml_function(llama_cpp, "ggml_backend_dev_backend_reg", void_p, [void_p])
+    proc = _ggml_function(llama_cpp, "ggml_backend_reg_get_proc_address", void_p, [void_p, ctypes.c_char_p])
+    buft_name = _ggml_function(llama_cpp, "ggml_backend_buft_name", ctypes.c_char_p, [void_p])
+    has_avx2 = _ggml_function(llama_cpp, "ggml_cpu_has_avx2", ctypes.c_int, [])
+    if None in (dev_by_type, dev_reg, proc, buft_name, has_avx2) or not has_avx2():
+        return None
+    device = dev_by_type(GGML_DEVICE_CPU)
+    address = proc(dev_reg(device), b"ggml_backend_dev_get_extra_bufts") if device else None
+    if not address:
+        return None
+    extra = ctypes.CFUNCTYPE(ctypes.POINTER(void_p), void_p)(address)(device)
+    index = 0
+    while extra[index]:
+        if buft_name(extra[index]).decode() == wanted:
+            return extra[index]
+        index += 1
+    return None
+
+
+def repack_overrides(llama_cpp, model_file: Path):
+    """The override list (NULL-terminated) that puts the repackable matrices in CPU_REPACK, and their
+    number; (None, 0) when the build or the file offers nothing to repack."""
+    names = repacked_tensor_names(model_file)
+    buft = cpu_buffer_type(llama_cpp, REPACK_BUFFER) if names else None
+    if buft is None:
+        return None, 0
+    pattern = ("^(" + "|".join(re.escape(name) for name in names) + ")$").encode()
+    return (BufferOverride * 2)(BufferOverride(pattern, buft), BufferOverride(None, None)), len(names)
+
+
 class LlamaCppContext:
     """A loaded GGUF model, one context (KV cache) and one token batch, freed with this object."""
 
@@ -62,9 +135,11 @@ class LlamaCppContext:
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = 0
-        # no AMX repacking of quantized weights: with it every quantized file crashed llama_decode
-        # (SIGSEGV) on this AMX-capable VM; the AVX-512 kernels (and their repacked layouts) remain
-        model_params.use_extra_bufts = False
+        model_params.use_extra_bufts = False  # not the loader's choice (AMX): REPACK_BUFFER's comment
+        # kept on self: llama.cpp reads the list while it loads
+        self._overrides, self.repacked_tensors = repack_overrides(llama_cpp, Path(model_file))
+        if self._overrides is not None:
+            model_params.tensor_buft_overrides = ctypes.cast(self._overrides, ctypes.c_void_p)
         self.model = llama_cpp.llama_model_load_from_file(str(model_file).encode(), model_params)
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {model_file}")
@@ -153,7 +228,9 @@ class LlamaCppRunner:
     def settings(self) -> dict[str, Any]:
         return {"runtime": RUNTIME, "threads": self.context.threads, "threads_batch": self.context.threads,
                 "gguf_type": self.gguf_type, "tensor_types": self.tensor_types, "kv_cache": self.context.kv_type,
-                "n_ctx": self.context.n_ctx, "n_batch": self.context.n_batch}
+                "n_ctx": self.context.n_ctx, "n_batch": self.context.n_batch,
+                "weight_layout": REPACK_BUFFER if self.context.repacked_tensors else "plain",
+                "repacked_tensors": self.context.repacked_tensors}
 
     def logits(self, inputs: dict[str, torch.Tensor], keep_last: int | None = None) -> torch.Tensor:
         ids = inputs["input_ids"]
