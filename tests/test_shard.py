@@ -50,6 +50,7 @@ def test_first_stage_skips_identity_stages():
     assert group(("m", "distill-half+vocab-trim+ov-int8")) == ("m", "distill-half")
     assert group(("m", "fp32")) == ("m", "fp32")
     assert group(("m", "fp32+int8-dynamic")) == ("m", "int8-dynamic")
+    assert group(("m", "not-a-method")) == ("m", "not-a-method")  # a project's own id: its own group
 
 
 @pytest.mark.parametrize("count", [1, 2, 3, 4, 7, 40])

@@ -184,7 +184,10 @@ def first_stage(chain: str, methods) -> str:
     baseline): the stage its cases share; the chain's first id when every stage is an identity."""
     from compresslab.pipeline import parse_chain
 
-    parts = parse_chain(chain, methods)
+    try:
+        parts = parse_chain(chain, methods)
+    except (KeyError, ValueError):  # not a chain of this catalog: the case is its own group
+        return chain
     return next((part for part in parts if not getattr(methods[part], "identity", False)), parts[0])
 
 
