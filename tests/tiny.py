@@ -72,13 +72,16 @@ def tiny_bert_classifier(train_steps: int = 30, seed: int = 0, hidden_size: int 
     return model.eval()
 
 
-def tiny_llama(train_steps: int = 20, seed: int = 0, hidden_size: int = 64):
+def tiny_llama(train_steps: int = 20, seed: int = 0, hidden_size: int = 64, num_hidden_layers: int = 2,
+               tie_word_embeddings: bool = True):
+    """``train_steps=0, tie_word_embeddings=False``: an untrained decoder whose greedy output still varies
+    with its context (a tied untrained one mostly repeats its input token)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=tokenizer().vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=256, tie_word_embeddings=True,
+                         num_hidden_layers=num_hidden_layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, tie_word_embeddings=tie_word_embeddings,
                          pad_token_id=tokenizer().pad_token_id)
     model = LlamaForCausalLM(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)

@@ -20,11 +20,13 @@ from compresslab.device import device_type
 from compresslab.floors import recovery
 from compresslab.models.runner import TorchRunner, count_params, load_runner
 from compresslab.models.spec import ModelSpec
+from compresslab.models.speculative import SpeculativeCheck, SpeculativeRunner, check_exact, load_case_runner
 from compresslab.pipeline import BuiltArtifact, Pipeline, library_versions, progress
 from compresslab.results import CaseResult, stage_entry
 from compresslab.tasks.base import Task
 from compresslab.trackers import fidelity, memory_probe, roofline, size, sparsity
 from compresslab.trackers.memory import MemoryStats
+from compresslab.trackers.workloads import SPECULATIVE_PROMPTS, SPECULATIVE_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +160,7 @@ class CaseRunner:
 
     def run(self, spec: ModelSpec, chain_id: str) -> Measurement:
         artifact = self.pipeline.build(spec, chain_id, self.device)
-        runner = load_runner(artifact.path, artifact.base.payload, spec.kind, self.device)
+        runner = load_case_runner(artifact.path, artifact.base.payload, spec.kind, self.device)
         evaluation = cached_evaluation(self.pipeline.cache, artifact.entry.key, runner, self.model_tasks(spec),
                                        self.device, self.threads, self.reeval, label=f"{spec.id}-{chain_id}")
         measurement = Measurement(spec.id, chain_id, artifact, runner, evaluation.metrics,
@@ -184,10 +186,18 @@ class CaseRunner:
             result.sparsity = sparsity.block_sparsity(runner.model)
             result.n_params = sparsity.parameter_count(runner.model)
         self._record_work(result, spec, artifact, runner)
+        if isinstance(runner, SpeculativeRunner):
+            result.add_speculative_check(self.speculative_check(spec, runner))
         if self.memory == "subprocess":
             result.add_memory(MemoryStats(**memory_probe.probe_in_child(
                 artifact.path, artifact.base.payload, spec.kind, self.device, self.timed_inputs(spec, runner),
                 self.threads, self.pipeline.format_providers(artifact.chain_id))))
+
+    def speculative_check(self, spec: ModelSpec, runner: SpeculativeRunner) -> SpeculativeCheck:
+        """Speculative against plain greedy decoding on the decode workload's prompts and token count
+        (trackers/workloads.py), untimed: it runs whether or not the case is timed."""
+        prompts = self.tasks[spec.tasks[0]].latency_inputs(runner.tokenizer, spec.latency_seq_len, SPECULATIVE_PROMPTS)
+        return check_exact(runner, prompts["input_ids"], SPECULATIVE_TOKENS + 1)
 
     def _record_work(self, result: CaseResult, spec: ModelSpec, artifact: BuiltArtifact, runner) -> None:
         """The counted FLOPs of the timed forward and the dtype they compute in (trackers/roofline.py)."""

@@ -116,13 +116,31 @@ class Case:
         metrics = self.measurement.metrics
         violations = [*floors.check_present(metrics, self.expected_metrics()),
                       *floors.check(floor, metrics, self.baseline.metrics, (self.result.size_bytes or 0) / 1e6,
-                                    (self.result.baseline_size_bytes or 0) / 1e6)]
+                                    (self.result.baseline_size_bytes or 0) / 1e6),
+                      *floors.check_exact(self.result.spec_exact, self.result.spec_mismatch)]
+        twin, missing = self.twin_metrics(floor.twin)
+        violations += floors.check_twin(floor, metrics, twin) if twin is not None else []
+        self.result.twin_comparison = floors.twin_comparison(floor, metrics, twin, missing)
         worse = floors.check_reference(floor, metrics)
         self.result.floors = floor.as_dict()
         self.result.floor_violations = [v.message for v in [*violations, *worse]]
         if worse or violations:
             raise (pytest.fail.Exception if worse else floors.BelowFloors)(self.floor_message(worse or violations),
                                                                           pytrace=False)
+
+    def twin_metrics(self, chain: str | None) -> tuple[dict[str, float] | None, str]:
+        """The metrics of this model's ``chain`` case measured earlier in this run (this process's
+        records), or None and why not: a twin that did not run, ran in another xdist worker, or
+        produced no metrics is not compared, and the case records the reason."""
+        if chain is None:
+            return None, ""
+        for record in reversed(self.session.records):
+            if record.model == self.spec.id and record.chain == chain:
+                if record.metrics:
+                    return record.metrics, ""
+                return None, f"{chain} ran in this run but has no metrics ({record.outcome}): not compared"
+        return None, (f"{chain} of {self.spec.id} was not measured before this case in this run (or in this "
+                      "xdist worker): not compared")
 
     def floor_message(self, violations: list) -> str:
         lines = "\n".join(f"  - {v.message}" for v in violations)

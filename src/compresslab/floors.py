@@ -21,6 +21,10 @@ plus optional absolute bounds and a size ceiling:
     [method.ort-int8]                     # one method id, over its family's default
     max_size_ratio = 0.35                 # artifact bytes / the same run's fp32 bytes
 
+    [method.qat-int8]                     # at least as good as another row of the same model
+    twin = "int8-dynamic"                 # in the same run (skipped, with the reason recorded,
+    twin_metrics = ["accuracy"]           # when that row is not in it)
+
 A chain's default is the loosest of its stages' defaults (error accumulates along a chain; an
 override states the real target); its size ceiling is the smallest of its stages' ratios (a
 chain must be at least as small as its most compressing stage promises alone). A floor is a
@@ -41,7 +45,7 @@ from compresslab.pipeline import parse_chain
 from compresslab.tasks.metrics import METRICS, lookup
 
 BOUND_KEYS = ("min_recovery", "max_increase", "min", "max")
-RULE_KEYS = (*BOUND_KEYS, "max_size_mb", "max_size_ratio")
+RULE_KEYS = (*BOUND_KEYS, "max_size_mb", "max_size_ratio", "twin", "twin_metrics")
 OVERRIDE_KEYS = (*RULE_KEYS, "expected_failure", "reference", "reference_tolerance")
 DEFAULT_REFERENCE_TOLERANCE = 0.05
 TOP_LEVEL = ("family", "method", "model", "override")
@@ -74,6 +78,10 @@ class Floor:
     # measured values of a known failure, with the relative slack a run may lose beyond them
     reference: Mapping[str, float] = field(default_factory=dict)
     reference_tolerance: float = DEFAULT_REFERENCE_TOLERANCE
+    # a row of the same model this one must match or beat on twin_metrics in the same run (a QAT row
+    # and its PTQ twin); one method's promise: a chain's floor does not inherit it (see then)
+    twin: str | None = None
+    twin_metrics: tuple[str, ...] = ()
 
     def loosest(self, other: Floor) -> Floor:
         return Floor(
@@ -102,6 +110,8 @@ class Floor:
             expected_failure=other.expected_failure or self.expected_failure,
             reference={**self.reference, **other.reference},
             reference_tolerance=other.reference_tolerance if other.reference else self.reference_tolerance,
+            twin=other.twin or self.twin,
+            twin_metrics=other.twin_metrics if other.twin else self.twin_metrics,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -111,6 +121,8 @@ class Floor:
             out["expected_failure"] = self.expected_failure
         if self.reference:
             out.update(reference=dict(self.reference), reference_tolerance=self.reference_tolerance)
+        if self.twin:
+            out.update(twin=self.twin, twin_metrics=list(self.twin_metrics))
         return out
 
 
@@ -193,6 +205,42 @@ def check_present(metrics: Mapping[str, float], expected: Mapping[str, str]) -> 
     return out
 
 
+def check_exact(exact: bool | None, mismatch: str | None) -> list[Violation]:
+    """Speculative decoding's promise (models/speculative.py): its output is the target's plain greedy
+    output token for token on the benchmark prompts; None: not a speculative case."""
+    if exact is False:
+        return [Violation("speculative.exact", f"speculative decoding's output differs from plain greedy: {mismatch}")]
+    return []
+
+
+def check_twin(floor: Floor, metrics: Mapping[str, float], twin: Mapping[str, float]) -> list[Violation]:
+    """Every twin metric on which the case is worse than its twin's result of the same run (``twin``:
+    that case's metrics); a NaN on either side breaks it too. A metric either side lacks is not compared."""
+    out = []
+    for metric in floor.twin_metrics:
+        if metric in metrics and metric in twin:
+            ours, theirs = metrics[metric], twin[metric]
+            as_good = ours >= theirs if lookup(metric).higher_is_better else ours <= theirs
+            if not as_good:  # False for a NaN as well
+                out.append(Violation(f"twin.{metric}", (
+                    f"{metric} {ours:.4g} is worse than its twin {floor.twin}'s {theirs:.4g} in this run "
+                    f"({ours - theirs:+.4g})")))
+    return out
+
+
+def twin_comparison(floor: Floor, metrics: Mapping[str, float], twin: Mapping[str, float] | None,
+                    missing: str = "") -> dict[str, Any] | None:
+    """What a case records of its twin: the twin's metrics and the case's difference to them, or why
+    the twin was not compared (``twin`` None: ``missing`` says why). None for a floor without a twin."""
+    if not floor.twin:
+        return None
+    if twin is None:
+        return {"chain": floor.twin, "skipped": missing or f"{floor.twin} has no result in this run"}
+    shared = [m for m in floor.twin_metrics if m in metrics and m in twin]
+    return {"chain": floor.twin, "metrics": {m: twin[m] for m in shared},
+            "difference": {m: metrics[m] - twin[m] for m in shared}}
+
+
 def check_reference(floor: Floor, metrics: Mapping[str, float]) -> list[Violation]:
     """A known failure may not get worse than its recorded reference values (beyond the tolerance)."""
     out = []
@@ -235,8 +283,9 @@ def _rule(table: Any, where: str, source: str, keys: tuple[str, ...] = RULE_KEYS
     if size is not None and (not isinstance(size, int | float) or isinstance(size, bool) or size <= 0):
         raise FloorsError(f"{source}: [{where}] max_size_mb must be a positive number, got {size!r}")
     ratio = table.get("max_size_ratio")
-    if ratio is not None and (not isinstance(ratio, int | float) or isinstance(ratio, bool) or not 0 < ratio <= 1.1):
-        raise FloorsError(f"{source}: [{where}] max_size_ratio must be a ratio in (0, 1.1], got {ratio!r}")
+    # up to 2: a speculative decoder ships its target unchanged and a smaller draft beside it
+    if ratio is not None and (not isinstance(ratio, int | float) or isinstance(ratio, bool) or not 0 < ratio <= 2):
+        raise FloorsError(f"{source}: [{where}] max_size_ratio must be a ratio in (0, 2], got {ratio!r}")
     for metric, value in bounds["min_recovery"].items():
         if not 0 < value <= 1.5:
             raise FloorsError(f"{source}: [{where}] min_recovery.{metric} = {value} is not a ratio in (0, 1.5]")
@@ -250,7 +299,26 @@ def _rule(table: Any, where: str, source: str, keys: tuple[str, ...] = RULE_KEYS
             if not low <= value <= high:
                 raise FloorsError(f"{source}: [{where}] {key}.{metric} = {value} is outside the values "
                                   f"{metric} can take [{low:g}, {high:g}]")
-    return Floor(**bounds, max_size_mb=size, max_size_ratio=ratio, **_known_failure(table, where, source))
+    return Floor(**bounds, max_size_mb=size, max_size_ratio=ratio, **_known_failure(table, where, source),
+                 **_twin(table, where, source))
+
+
+def _twin(table: dict, where: str, source: str) -> dict[str, Any]:
+    """twin (a row id) and twin_metrics (the metrics compared with it: a non-empty list)."""
+    twin, compared = table.get("twin"), table.get("twin_metrics")
+    if twin is None:
+        if compared is not None:
+            raise FloorsError(f"{source}: [{where}] twin_metrics needs a twin (the row id to compare with)")
+        return {}
+    if not isinstance(twin, str) or not twin.strip():
+        raise FloorsError(f"{source}: [{where}] twin must be a row id, got {twin!r}")
+    if not isinstance(compared, list) or not compared or not all(isinstance(m, str) for m in compared):
+        raise FloorsError(f"{source}: [{where}] twin_metrics must be a non-empty list of metric names, got {compared!r}")
+    unknown = [m for m in compared if m not in METRICS]
+    if unknown:
+        raise FloorsError(f"{source}: [{where}] twin_metrics names unknown metric {unknown[0]!r}; "
+                          f"valid: {', '.join(sorted(METRICS))}")
+    return {"twin": twin.strip(), "twin_metrics": tuple(compared)}
 
 
 def _known_failure(table: dict, where: str, source: str) -> dict[str, Any]:
@@ -285,6 +353,17 @@ def _metric_bounds(table: Any, where: str, source: str) -> dict[str, float]:
     return out
 
 
+def _check_twin(floor: Floor, row_id: str, where: str, source: str, methods: Mapping[str, Any]) -> None:
+    if floor.twin is None:
+        return
+    if floor.twin == row_id:
+        raise FloorsError(f"{source}: [{where}] twin {floor.twin!r} is the row itself")
+    try:
+        parse_chain(floor.twin, methods)
+    except (KeyError, ValueError) as err:
+        raise FloorsError(f"{source}: [{where}] twin: {err.args[0]}") from None
+
+
 def _check_known(name: str, valid: Iterable[str], what: str, where: str, source: str) -> None:
     valid = sorted(valid)
     if name not in valid:
@@ -305,6 +384,7 @@ def parse(data: dict[str, Any], source: str, model_ids: Iterable[str], methods: 
     for method_id, table in data.get("method", {}).items():
         _check_known(method_id, methods, "method", f"method.{method_id}", source)
         method_floors[method_id] = _rule(table, f"method.{method_id}", source)
+        _check_twin(method_floors[method_id], method_id, f"method.{method_id}", source, methods)
     models = {}
     for model_id, table in data.get("model", {}).items():
         _check_known(model_id, model_ids, "model", f"model.{model_id}", source)
@@ -321,6 +401,7 @@ def parse(data: dict[str, Any], source: str, model_ids: Iterable[str], methods: 
                 raise FloorsError(f"{source}: [override.{model_id}.\"{chain_id}\"] {err.args[0]}") from None
             overrides[(model_id, chain_id)] = _rule(table, f"override.{model_id}.{chain_id}", source,
                                                     OVERRIDE_KEYS)
+            _check_twin(overrides[(model_id, chain_id)], chain_id, f"override.{model_id}.{chain_id}", source, methods)
     return FloorBook(families, models, overrides, source, method_floors)
 
 

@@ -9,10 +9,11 @@ rebuilds it and what follows.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +100,19 @@ class BuiltArtifact:
         return sum(stage.build_s for stage in self.stages if stage.name != "base")
 
 
+def companions_of(method: Method) -> tuple[str, ...]:
+    """The registered method ids a method builds on besides its input, when it declares them with a
+    ``companions()`` method (a speculative decoder's draft): the pipeline builds each of the baseline,
+    as that method's own cached stage, and hands their artifacts to ``apply`` in a CompanionContext."""
+    companions = getattr(method, "companions", None)
+    return tuple(companions()) if callable(companions) else ()
+
+
+@dataclass(frozen=True)
+class CompanionContext(StageContext):
+    companions: Mapping[str, Path] = field(default_factory=dict)  # method id -> its artifact of the baseline
+
+
 def apply_stage(method: Method, source: Path, out: Path, ctx: StageContext) -> None:
     """``method`` on ``source``; a tokenizer a stage before shipped (a trimmed vocabulary) travels on."""
     from compresslab.models.loading import carry_tokenizer  # torch and transformers: only when building
@@ -163,12 +177,26 @@ class Pipeline:
             method.check_supported(spec.kind, device)
             if method.identity:
                 continue
-            artifact.entry, stage = self._apply(method, name, artifact.entry, ctx, calibration_task)
+            companions = self._companions(method, base, ctx, calibration_task)
+            artifact.stages += [stage for _, stage in companions.values()]
+            artifact.entry, stage = self._apply(method, name, artifact.entry, ctx, calibration_task, companions)
             artifact.stages.append(stage)
         return artifact
 
-    def _apply(self, method: Method, name: str, source: Entry, ctx: StageContext,
-               calibration_task) -> tuple[Entry, StageRecord]:
+    def _companions(self, method: Method, base: Entry, ctx: StageContext,
+                    calibration_task) -> dict[str, tuple[Entry, StageRecord]]:
+        """Each of ``method``'s companions built of the baseline as its own stage: the key its own row's
+        stage has, so a cached one is shared (a speculative decoder's draft is the ``distill-half`` stage)."""
+        built = {}
+        for name in companions_of(method):
+            parse_chain(name, self.methods)  # an unknown id: one line with the valid ones
+            companion = self.methods[name]
+            companion.check_supported(ctx.kind, ctx.device)
+            built[name] = self._apply(companion, name, base, ctx, calibration_task)
+        return built
+
+    def _apply(self, method: Method, name: str, source: Entry, ctx: StageContext, calibration_task,
+               companions: dict[str, tuple[Entry, StageRecord]] | None = None) -> tuple[Entry, StageRecord]:
         inputs = {
             # calibration data shapes the artifact: its source hash and selection enter the key
             "calibration": calibration_task.fingerprint() if method.uses_task_data and calibration_task else None,
@@ -180,6 +208,11 @@ class Pipeline:
             "device": device_type(ctx.device),
             "libraries": library_versions(CORE_LIBRARIES),
         }
+        if companions:  # only then: every other stage's key stays what it was
+            inputs["companions"] = {companion: entry.key for companion, (entry, _) in companions.items()}
+            payloads = {companion: entry.payload for companion, (entry, _) in companions.items()}
+            ctx = CompanionContext(**{f.name: getattr(ctx, f.name) for f in dataclasses.fields(StageContext)},
+                                   companions=payloads)
         key = cache_key(inputs)
         entry, built_now = self._get(key, announced(f"stage {name} of {ctx.model_id}",
                                                     lambda out: apply_stage(method, source.payload, out, ctx)), inputs)

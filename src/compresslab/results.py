@@ -97,6 +97,17 @@ class CaseResult:
     decode_prompt_tokens: int | None = None
     decode_rounds: int | None = None
     decode_speedup_vs_baseline: float | None = None
+    # speculative decoding (models/speculative.py): the draft's acceptance and exactness, checked untimed
+    # on the decode workload's prompts and token count, and, timed, the target's plain greedy decode
+    # of the same prompts in the same rounds (decode_* above are then the speculative decoder's)
+    spec_num_draft_tokens: int | None = None  # k, the tokens the draft proposes per target forward
+    spec_prompts: int | None = None
+    spec_acceptance_rate: float | None = None  # draft tokens kept over draft tokens proposed
+    spec_tokens_per_target_forward: float | None = None  # new tokens over target forwards (prefill included)
+    spec_exact: bool | None = None  # the output equals the target's plain greedy output on every prompt
+    spec_mismatch: str | None = None  # the first difference when it does not
+    spec_greedy_tokens_per_s: float | None = None  # the target's plain greedy decode, same prompts and rounds
+    spec_speedup_vs_greedy: float | None = None  # decode_tokens_per_s over spec_greedy_tokens_per_s
     # roofline (trackers/roofline.py): the work of the timed forward, and the share of this session's
     # measured peaks each workload reaches
     forward_flops: int | None = None  # counted FLOPs of the batch-1 timed forward
@@ -109,6 +120,9 @@ class CaseResult:
     # the floors it was judged against and what it broke
     floors: dict[str, Any] | None = None
     floor_violations: list[str] | None = None
+    # a floor's twin (floors.twin_comparison): the twin row's metrics of this run and the difference
+    # to them ({"chain", "metrics", "difference"}), or why it was not compared ({"chain", "skipped"})
+    twin_comparison: dict[str, Any] | None = None
 
     def measured(self) -> dict[str, Any]:
         """The fields this run measured, by name (the flat extra_info form)."""
@@ -150,6 +164,26 @@ class CaseResult:
         self.decode_tokens_per_s = stats.tokens_per_s
         self.decode_new_tokens, self.decode_prompt_tokens = stats.new_tokens, stats.prompt_tokens
         self.decode_rounds, self.decode_speedup_vs_baseline = len(stats.round_s), speedup
+
+
+    def add_speculative_check(self, check) -> None:
+        """``check``: models.speculative.SpeculativeCheck (untimed)."""
+        self.spec_num_draft_tokens, self.spec_prompts = check.num_draft_tokens, check.prompts
+        self.spec_acceptance_rate = check.acceptance_rate
+        self.spec_tokens_per_target_forward = check.tokens_per_target_forward
+        self.spec_exact, self.spec_mismatch = check.exact, check.mismatch
+
+    def add_speculative_decode(self, stats, speedup: float) -> None:
+        """``stats``: trackers.decode.SpeculativeStats; a timed round whose outputs differed breaks exactness too."""
+        self.decode_ms_per_token_p50 = 1e3 * stats.median_token_s
+        self.decode_ms_per_token_p90 = 1e3 * stats.token_percentile(90)
+        self.decode_tokens_per_s = stats.tokens_per_s
+        self.decode_new_tokens, self.decode_prompt_tokens = stats.new_tokens, stats.prompt_tokens
+        self.decode_rounds, self.decode_speedup_vs_baseline = len(stats.round_s), speedup
+        self.spec_greedy_tokens_per_s = stats.greedy_tokens_per_s
+        self.spec_speedup_vs_greedy = stats.tokens_per_s / stats.greedy_tokens_per_s
+        if stats.mismatch is not None:
+            self.spec_exact, self.spec_mismatch = False, self.spec_mismatch or stats.mismatch
 
 
 def stage_entry(stage) -> dict[str, Any]:

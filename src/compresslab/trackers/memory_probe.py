@@ -29,12 +29,12 @@ def main(argv: list[str]) -> dict[str, int | None]:
     torch.set_num_threads(int(threads))
     for module in providers:  # the method modules that wrote the artifact register how it reloads
         importlib.import_module(module)
-    from compresslab.models.runner import load_runner
+    from compresslab.models.speculative import load_case_runner
     from compresslab.trackers.memory import current_rss, measure_peak, own_peak_rss
 
     inputs = torch.load(inputs_path)
     before_load = current_rss()
-    runner = load_runner(Path(artifact), Path(base), kind, device)
+    runner = load_case_runner(Path(artifact), Path(base), kind, device)  # a speculative decoder: with its draft
     stats = measure_peak(lambda: runner.logits(inputs), device=device, rss_before=before_load)
     # the high-water mark also covers load-time peaks the sampler may miss
     high_water = own_peak_rss()

@@ -12,10 +12,15 @@ from typing import Any
 
 import torch
 
+from compresslab.models.speculative import SpeculativeRunner
 from compresslab.trackers import decode, latency
 
 BATCH_SIZE = 16  # results.CaseResult names its fields after it (latency_b16_*)
 DECODE_TOKENS = 16
+# the decode workload of a speculative decoder: longer generations over several prompts (the rows of
+# the task's timed input), so that whole draft-and-verify rounds are measured
+SPECULATIVE_PROMPTS = 4
+SPECULATIVE_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -29,7 +34,9 @@ class WorkloadResult:
 
     def record(self, result, speedup: float) -> None:
         """Into ``result`` (results.CaseResult), with its speedup over fp32 on the same workload."""
-        if self.is_decode:
+        if isinstance(self.stats, decode.SpeculativeStats):
+            result.add_speculative_decode(self.stats, speedup)
+        elif self.is_decode:
             result.add_decode(self.stats, speedup)
         else:
             result.add_batch16(self.stats, speedup)
@@ -45,10 +52,19 @@ def decode_latency(runner, prompt_ids: torch.Tensor, device: str, rounds: int) -
     return WorkloadResult(stats, stats.median_step_s)
 
 
+def speculative_latency(runner, prompts: torch.Tensor, device: str, rounds: int) -> WorkloadResult:
+    """Per-token time of speculative decoding, with the target's plain greedy decode in the same rounds."""
+    stats = decode.time_speculative(runner, prompts, SPECULATIVE_TOKENS, device, rounds=rounds, warmup=1)
+    return WorkloadResult(stats, stats.median_token_s)
+
+
 def second_workload(runner, batch_inputs: Callable[[int], dict[str, torch.Tensor]], device: str,
                     rounds: int, warmup: int) -> WorkloadResult:
     """``batch_inputs(n)``: the model's timed input at batch ``n`` (the task's fixed length).
     Fewer rounds than the main timing: each round costs 16 inferences."""
+    if isinstance(runner, SpeculativeRunner):
+        return speculative_latency(runner, batch_inputs(SPECULATIVE_PROMPTS)["input_ids"], device,
+                                   rounds=max(2, rounds // 10))
     if runner.is_causal_lm:
         return decode_latency(runner, batch_inputs(1)["input_ids"], device, rounds=max(2, rounds // 10))
     return batch_latency(runner, batch_inputs(BATCH_SIZE), device, rounds=max(3, rounds // 3),
