@@ -11,6 +11,12 @@ ignored scope. A head tied to the embedding (SmolLM2's lm_head) shares the embed
 constant, stored as the embedding is: weight compression still compresses it for the embedding's
 Gather; int8 quantizes no Gather, so there the shared tensor stays fp32 (SmolLM2 ov-int8: 251.8 MB,
 perplexity 24.28; with its head in int8 it was 138.6 MB, perplexity 24.66).
+
+int8 runs NNCF's SmoothQuant first (as NNCF does for every transformer-type PTQ): per input channel
+j of each weighted MatMul, s_j = max|x_j|^alpha / max|W_j|^(1 - alpha) divides the activation (a
+Multiply inserted after the op producing it) and multiplies the weight's row j, so x @ W is unchanged
+before quantization while the activation's outlier channels move into the weights. ``smooth_quant_alpha``
+is that alpha for every MatMul (None: off); the build records what it did (records/smooth_quant.json).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import ClassVar
 
 from compresslab.methods.base import Method, MethodUnsupported, StageContext
 from compresslab.methods.onnx_export import calibration_feeds, export_to, full_precision_nodes
+from compresslab.methods.training import write_record
 from compresslab.models.backends import OV_PRECISION, OV_PRECISIONS, ov_has_bf16
 from compresslab.models.graph_runner import write_runtime
 from compresslab.models.spec import ModelKind
@@ -36,6 +43,12 @@ COMPRESSIONS = (None, "int8", "int8-weights", "int4-weights")
 EMBEDDING_COMPRESSIONS = (None, "int4")
 MODEL_FILE = "model.xml"
 ONNX_FILE = "model.onnx"
+# NNCF's own SmoothQuant alpha for MatMuls in a transformer-type PTQ (nncf 3.4), which ov-int8 has
+# always run with: nearly all of each channel's activation range moves into the weights
+SMOOTH_QUANT_ALPHA = 0.95
+SMOOTHING_SUFFIX = "/nncf_smooth_quant"  # NNCF's name for the Multiply holding a smoothing's activation scales
+# what the activation scale reaches a MatMul through once quantized: the activation's FakeQuantize
+PASS_THROUGH = ("FakeQuantize",)
 
 
 def full_precision_ops(model, graph: Path, kind: ModelKind) -> list[str]:
@@ -57,15 +70,59 @@ def full_precision_ops(model, graph: Path, kind: ModelKind) -> list[str]:
     return names
 
 
+def int8_parameters(smooth_quant_alpha: float | None):
+    """NNCF's advanced parameters of the int8 PTQ: SmoothQuant on every MatMul at this alpha, or
+    none (None; convolutions never, as NNCF's default)."""
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    matmul = -1 if smooth_quant_alpha is None else smooth_quant_alpha  # NNCF: a negative alpha is off
+    return AdvancedQuantizationParameters(
+        smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=-1, matmul=matmul))
+
+
+def smoothed_matmuls(model) -> list[str]:
+    """Names of the MatMuls whose input a SmoothQuant scale divides (directly, or through the
+    activation's FakeQuantize once quantized)."""
+    names = set()
+    for op in model.get_ops():
+        if op.get_type_name() != "Multiply" or not op.get_friendly_name().endswith(SMOOTHING_SUFFIX):
+            continue
+        consumers = [target.get_node() for target in op.output(0).get_target_inputs()]
+        consumers += [target.get_node() for node in consumers if node.get_type_name() in PASS_THROUGH
+                      for target in node.output(0).get_target_inputs()]
+        names.update(node.get_friendly_name() for node in consumers if node.get_type_name() == "MatMul")
+    return sorted(names)
+
+
+def constant_only(node, depth: int = 6) -> bool:
+    """Whether ``node`` computes from constants alone (a weight: a Constant, or an int8 one's
+    Convert / Subtract / Multiply by its scale)."""
+    if node.get_input_size() == 0:
+        return node.get_type_name() == "Constant"
+    return depth > 0 and all(constant_only(value.get_node(), depth - 1) for value in node.input_values())
+
+
+def smoothing_record(model, smooth_quant_alpha: float | None) -> dict:
+    """What SmoothQuant did, read from the IR: its alpha, the scale Multiplys it inserted, how many
+    MatMuls they feed, out of the MatMuls with a weight."""
+    scales = [op for op in model.get_ops()
+              if op.get_type_name() == "Multiply" and op.get_friendly_name().endswith(SMOOTHING_SUFFIX)]
+    weighted = [op for op in model.get_ops() if op.get_type_name() == "MatMul"
+                and any(constant_only(value.get_node()) for value in op.input_values())]
+    return {"alpha": smooth_quant_alpha, "ran": bool(scales), "scales": len(scales),
+            "smoothed_matmuls": len(smoothed_matmuls(model)), "weight_matmuls": len(weighted)}
+
+
 def compress(model, compression: str, feeds: list[dict] | None, int4_ratio: float, group_size: int, awq: bool,
-             keep: list[str]):
+             keep: list[str], smooth_quant_alpha: float | None = SMOOTH_QUANT_ALPHA):
     """NNCF's compression of ``model``; the ops named in ``keep`` stay in full precision."""
     import nncf
 
     ignored = nncf.IgnoredScope(names=keep)
     if compression == "int8":
         return nncf.quantize(model, nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER,
-                             preset=nncf.QuantizationPreset.MIXED, subset_size=len(feeds), ignored_scope=ignored)
+                             preset=nncf.QuantizationPreset.MIXED, subset_size=len(feeds), ignored_scope=ignored,
+                             advanced_parameters=int8_parameters(smooth_quant_alpha))
     if compression == "int8-weights":
         return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=ignored)
     return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM, ratio=int4_ratio,
@@ -96,6 +153,9 @@ class OpenVinoExport(Method):
     precision: str = OV_PRECISION
     embeddings: str | None = None  # EMBEDDING_COMPRESSIONS: the embedding tables' own compression
     embedding_group_size: int = 64
+    # int8: SmoothQuant's migration strength on every MatMul, 0 (none) to 1 (all of each channel's activation
+    # range into the weights); None: no SmoothQuant. The default is NNCF's own, which ov-int8 always ran with
+    smooth_quant_alpha: float | None = SMOOTH_QUANT_ALPHA
     family: ClassVar[str] = "openvino"
     requires_packages: ClassVar[tuple[str, ...]] = ("openvino", "nncf", "onnxruntime", "onnxscript")
     devices: ClassVar[tuple[str, ...]] = ("cpu",)  # no CUDA plugin; an Intel GPU is not a CUDA device
@@ -115,6 +175,14 @@ class OpenVinoExport(Method):
         if self.precision not in OV_PRECISIONS:
             raise ValueError(f"OpenVinoExport.precision must be one of {', '.join(OV_PRECISIONS)}, "
                              f"got {self.precision!r}")
+        alpha = self.smooth_quant_alpha
+        if alpha is not None and not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool)
+                                      and 0 <= alpha <= 1):
+            raise ValueError(f"OpenVinoExport.smooth_quant_alpha must be None (off) or a number in [0, 1], "
+                             f"got {alpha!r}")
+        if alpha != SMOOTH_QUANT_ALPHA and self.compression != "int8":
+            raise ValueError(f"OpenVinoExport.smooth_quant_alpha={alpha!r} applies to compression 'int8' only "
+                             f"(leave it at {SMOOTH_QUANT_ALPHA}), got compression {self.compression!r}")
 
     def check_supported(self, kind, device: str) -> None:
         super().check_supported(kind, device)
@@ -140,7 +208,10 @@ class OpenVinoExport(Method):
             if self.compression is not None:
                 feeds = calibration_feeds(graph, ctx, self.calibration_samples, src) if self.uses_task_data else None
                 model = compress(model, self.compression, feeds, self.int4_ratio, self.group_size, self.awq,
-                                 keep=full_precision_ops(model, graph, ctx.kind))
+                                 keep=full_precision_ops(model, graph, ctx.kind),
+                                 smooth_quant_alpha=self.smooth_quant_alpha)
+                if self.compression == "int8":
+                    write_record(out, "smooth_quant", smoothing_record(model, self.smooth_quant_alpha))
             # fp32 stays fp32 on disk (save_model would halve it to fp16 by default)
             ov.save_model(model, str(out / MODEL_FILE), compress_to_fp16=False)
         write_runtime(out, "openvino", MODEL_FILE, converted_from="torch.onnx dynamo", precision_hint=self.precision,
