@@ -194,6 +194,10 @@ def test_the_shards_of_a_collection_partition_it_and_say_so(suite_dir, monkeypat
     distilled = [i for i, part in enumerate(parts) if any("distill-half" in name for name in part)]
     assert len(distilled) == 1 and sum("distill-half" in n for n in parts[distilled[0]]) == 3
     assert "test_not_a_case" in parts[0]
+    # the split is of what -k (and the tiers, -m) left: 4 cases and the plain test
+    narrowed = [collected(run(suite_dir, "--collect-only", "-q", "-k", "not bf16 and not weight",
+                              "--compresslab-shard", f"{i}/2")) for i in (1, 2)]
+    assert sorted(itertools.chain(*narrowed)) == [n for n in everything if "bf16" not in n and "weight" not in n]
     monkeypatch.setenv("COMPRESSLAB_SHARD", "2/3")  # the environment, and the option over it
     assert collected(run(suite_dir, "--collect-only", "-q")) == parts[1]
     assert collected(run(suite_dir, "--collect-only", "-q", "--compresslab-shard", "1/3")) == parts[0]
