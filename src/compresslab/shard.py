@@ -155,8 +155,8 @@ def _units(groups: dict[Any, list[Case]], cost: dict[Any, float], baseline_cost:
 def _timed_costs(groups: dict[Any, list[Case]], times: dict[Case, CaseTimes]):
     """Seconds per group (each stage prefix built once, each case evaluated once; a case without
     recorded times costs the median case) and per model (its base stage and fp32 evaluation)."""
-    own = {case: sum(s for _, s in t.stages) + t.eval_s for case, t in times.items()}
-    typical = statistics.median(own.values())
+    own = [sum(s for _, s in t.stages) + t.eval_s for t in times.values() if t.stages]  # fp32's is the baseline
+    typical = statistics.median(own) if own else 0.0
     cost = {}
     for key, members in groups.items():
         prefixes: dict[tuple[str, ...], float] = {}
