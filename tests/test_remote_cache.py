@@ -147,12 +147,11 @@ def test_a_dead_holders_lease_is_taken_over(s3_url, tmp_path, caplog):
 
 def test_a_live_holders_lease_is_waited_for(s3_url, tmp_path):
     # the holder keeps beating: a waiter whose stale limit is shorter than the build still waits
-    fs, root = store(s3_url)
     holder = RemoteCache(s3_url, lease_stale_s=0.4, poll_s=0.05)
+    waiting = ArtifactCache(tmp_path / "b", remote=RemoteCache(s3_url, lease_stale_s=0.4, poll_s=0.05))
     with holder._lease("k1"):
         waiter_result = []
-        waiter = threading.Thread(target=lambda: waiter_result.append(ArtifactCache(
-            tmp_path / "b", remote=RemoteCache(s3_url, lease_stale_s=0.4, poll_s=0.05)).get_or_build("k1", never_build)))
+        waiter = threading.Thread(target=lambda: waiter_result.append(waiting.get_or_build("k1", never_build)))
         waiter.start()
         time.sleep(1.5)  # several stale limits: only the holder's beats keep the waiter waiting
         assert waiter.is_alive()

@@ -113,3 +113,20 @@ def test_a_bad_url_is_one_line(url, expected):
 def test_good_urls_pass_the_check(tmp_path):
     for url in ("s3://bucket", "s3://bucket/deep/prefix", str(tmp_path), f"file://{tmp_path}", "relative/dir"):
         remote_cache.check_url(url)
+
+
+def test_a_manifest_naming_a_file_outside_its_entry_is_rejected_and_replaced(tmp_path, caplog):
+    shared = tmp_path / "shared"
+    ArtifactCache(tmp_path / "a", remote=RemoteCache(str(shared))).get_or_build("k1", write_weights(b"w"))
+    manifest_file = shared / "k1" / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["files"]["../../escaped.bin"] = manifest["files"].pop("weights.bin")
+    manifest_file.write_text(json.dumps(manifest))
+    calls = []
+    _, built = ArtifactCache(tmp_path / "b", remote=RemoteCache(str(shared))).get_or_build(
+        "k1", write_weights(b"w", calls))
+    assert built and calls == [b"w"] and not list(tmp_path.rglob("escaped.bin"))
+    warning, = remote_warnings(caplog)
+    assert "remote cache entry k1: manifest does not describe this entry; rejected it" in warning
+    _, built = ArtifactCache(tmp_path / "c", remote=RemoteCache(str(shared))).get_or_build("k1", never_build)
+    assert not built  # replaced on the shared path: the third machine fetches it

@@ -10,8 +10,8 @@ The remote holds the local layout, ``<url>/<key>/payload/...`` and ``<url>/<key>
 - one build per key across machines: on S3 a lease object ``<url>/.leases/<key>.json`` written with
   a conditional put (If-None-Match: *), kept fresh by its holder; on a filesystem path a file lock
   beside the entries. Other stores (gs://, az://) have no lease: two machines may build a key at
-  once; the first manifest wins, and a payload mixed from two builds fails its checksums, so it is
-  rejected, rebuilt and replaced, never loaded;
+  once; one that finds a manifest published when its build ends leaves it in place, and a payload
+  mixed from two builds fails its checksums, so it is rejected, rebuilt and replaced, never loaded;
 - a corrupt remote entry (a file whose sha256 or size differs from the manifest, a bad manifest) is
   rejected with one warning, rebuilt locally and replaced remotely;
 - an unreachable or unusable store is one warning: the process goes on with the local cache only.
@@ -124,8 +124,8 @@ class RemoteCache:
             fs, root = fsspec.core.url_to_fs(self.url, **_storage_options(self.scheme))
             if self.scheme == "file":
                 fs.makedirs(root, exist_ok=True)
-            else:
-                fs.info(root.split("/")[0])  # the bucket or container: reachable, there, and ours to read
+            # an object store is not probed: reading a prefix may be allowed where listing the bucket
+            # is not; an unreachable endpoint fails the first read, a missing bucket the first lease or upload
             if self.scheme in ("s3", "s3a"):
                 fs.retries = 2
             self._fs, self._root = fs, root.rstrip("/")
@@ -329,7 +329,8 @@ class RemoteCache:
                 break
             except FileExistsError:
                 pass
-            if self._remote_manifest(key) is not None:
+            published = self._remote_manifest(key)
+            if published is not None and published != self._rejected.get(key):
                 return None  # published while we waited: the caller fetches it
             try:
                 current = fs.cat_file(lease)
