@@ -109,7 +109,7 @@ regress-smoke:
 # reported into REPORT_DIR as make regress does (the GPU workflow's gate, after its shards).
 RUNS ?=
 merge-gate: $(STAMP)
-	@test -n "$(RUNS)" || { echo "usage: make merge-gate RUNS='<shard run files>' [BASE=<run>] [FAIL='size:+1% ...']"; exit 2; }
+	@test -n "$(RUNS)" || { echo "usage: make merge-gate RUNS='<shard run files>' [BASE=<run>] [FAIL=...]"; exit 2; }
 	@mkdir -p $(REPORT_DIR)
 	@rm -f $(REPORT_DIR)/compare.txt $(REPORT_DIR)/summary.md
 	$(BIN)/compresslab merge $(RUNS) -o $(RESULTS)/latest.json

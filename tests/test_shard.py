@@ -230,15 +230,15 @@ def test_the_shards_runs_record_their_shard_and_merge_into_the_unsharded_run(sui
         plans.add(shard_info["plan"])
     assert len(plans) == 1
     out = suite_dir.path / "merged.json"
-    assert cli.main(["merge", str(suite_dir.path / "shard1" / "latest.json"), str(suite_dir.path / "shard2" / "latest.json"),
-                     "-o", str(out)]) == cli.EXIT_OK
+    shard1, shard2 = (str(suite_dir.path / f"shard{i}" / "latest.json") for i in (1, 2))
+    assert cli.main(["merge", shard1, shard2, "-o", str(out)]) == cli.EXIT_OK
     whole = runs.load(suite_dir.path / "whole" / "latest.json")
     assert runs.load(out).records == whole.records
     assert cli.main(["compare", str(suite_dir.path / "whole" / "latest.json"), str(out), "--fail=size:+1%"]) == 0
     # a shard run with other settings is refused
     run(suite_dir, "--compresslab-results-dir", "other", "--compresslab-shard", "2/2", "--compresslab-rounds", "4")
-    assert cli.main(["merge", str(suite_dir.path / "shard1" / "latest.json"), str(suite_dir.path / "other" / "latest.json"),
-                     "-o", str(suite_dir.path / "bad.json")]) == cli.EXIT_BAD_INPUT
+    other = str(suite_dir.path / "other" / "latest.json")
+    assert cli.main(["merge", shard1, other, "-o", str(suite_dir.path / "bad.json")]) == cli.EXIT_BAD_INPUT
 
 
 # --- merge -----------------------------------------------------------------------------------------
