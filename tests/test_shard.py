@@ -51,6 +51,8 @@ def test_first_stage_skips_identity_stages():
     assert group(("m", "fp32")) == ("m", "fp32")
     assert group(("m", "fp32+int8-dynamic")) == ("m", "int8-dynamic")
     assert group(("m", "not-a-method")) == ("m", "not-a-method")  # a project's own id: its own group
+    # the speculative decoder builds the distill-half student of the baseline as its draft
+    assert group(("m", "spec-distill-half")) == ("m", "distill-half")
 
 
 @pytest.mark.parametrize("count", [1, 2, 3, 4, 7, 40])

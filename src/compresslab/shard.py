@@ -181,14 +181,17 @@ def _timed_costs(groups: dict[Any, list[Case]], times: dict[Case, CaseTimes]):
 
 def first_stage(chain: str, methods) -> str:
     """The chain's first stage that builds something (an identity stage such as fp32 reuses the
-    baseline): the stage its cases share; the chain's first id when every stage is an identity."""
-    from compresslab.pipeline import parse_chain
+    baseline): the stage its cases share; the chain's first id when every stage is an identity. A
+    stage built beside a companion of the baseline (a speculative decoder's distill-half draft) goes
+    with that companion's cases."""
+    from compresslab.pipeline import companions_of, parse_chain
 
     try:
         parts = parse_chain(chain, methods)
     except (KeyError, ValueError):  # not a chain of this catalog: the case is its own group
         return chain
-    return next((part for part in parts if not getattr(methods[part], "identity", False)), parts[0])
+    first = next((part for part in parts if not getattr(methods[part], "identity", False)), parts[0])
+    return next(iter(companions_of(methods[first])), first)
 
 
 def configure(config: pytest.Config) -> None:
