@@ -147,7 +147,8 @@ def test_fake_quantization_follows_the_target_scheme(base_dirs):
 
 def test_apply_writes_the_record_and_the_twin_s_artifact(base_dirs, tmp_path):
     base = base_dirs["classifier"]
-    QuantizationAwareTraining(target="int4-weight", budget=BUDGET).apply(base, tmp_path, stage_context(base, "classifier"))
+    method = QuantizationAwareTraining(target="int4-weight", budget=BUDGET)
+    method.apply(base, tmp_path, stage_context(base, "classifier"))
     record = json.loads((tmp_path / RECORDS_DIR / "qat.json").read_text())
     assert record["target"] == "int4-weight" and record["steps"] == 3 and record["train_s"] > 0
     from compresslab.models.formats import QUANTO_QMAP
@@ -168,3 +169,119 @@ def test_registered_and_validated():
         QuantizationAwareTraining(target="int4-weight", group_size=100)
     with pytest.raises(MethodUnsupported, match="group size is 128, not 64"):
         QuantizationAwareTraining(target="int4-weight", group_size=64).check_supported("causal-lm", "cpu")
+
+
+# --- the twin floor: a QAT row must match or beat its PTQ twin of the same run ---------------------
+
+def qat_book(extra: str = ""):
+    import tomllib
+
+    from compresslab import floors
+
+    text = ('[family.int8]\nmin_recovery = { accuracy = 0.9 }\n'
+            '[method.qat-int8]\ntwin = "int8-dynamic"\ntwin_metrics = ["accuracy", "perplexity"]\n' + extra)
+    return floors.parse(tomllib.loads(text), "test floors", registry.MODELS, registry.METHODS)
+
+
+FAMILIES = {method_id: method.family for method_id, method in registry.METHODS.items()}
+
+
+def test_the_twin_floor_fails_a_result_worse_than_its_twin():
+    from compresslab import floors
+
+    floor = qat_book().floor_for("minilm-sentiment", "qat-int8", FAMILIES)
+    assert (floor.twin, floor.twin_metrics) == ("int8-dynamic", ("accuracy", "perplexity"))
+    twin = {"accuracy": 0.90, "perplexity": 20.0}
+    assert floors.check_twin(floor, {"accuracy": 0.90}, twin) == []  # a match
+    assert floors.check_twin(floor, {"accuracy": 0.91, "perplexity": 19.0}, twin) == []  # better
+    worse = floors.check_twin(floor, {"accuracy": 0.89, "perplexity": 20.5}, twin)
+    assert [v.rule for v in worse] == ["twin.accuracy", "twin.perplexity"]  # each metric in its direction
+    assert "accuracy 0.89 is worse than its twin int8-dynamic's 0.9 in this run (-0.01)" in worse[0].message
+    assert [v.rule for v in floors.check_twin(floor, {"accuracy": float("nan")}, twin)] == ["twin.accuracy"]
+    assert floors.twin_comparison(floor, {"accuracy": 0.91, "macro_f1": 0.5}, twin) == {
+        "chain": "int8-dynamic", "metrics": {"accuracy": 0.90}, "difference": {"accuracy": pytest.approx(0.01)}}
+    assert floors.twin_comparison(floor, {}, None, "not run")["skipped"] == "not run"
+    assert floors.twin_comparison(qat_book().floor_for("minilm-sentiment", "int8-dynamic", FAMILIES), {}, None) is None
+    # one method's promise: a chain ending in it does not inherit the twin
+    assert qat_book().floor_for("minilm-sentiment", "distill-half+qat-int8", FAMILIES).twin is None
+    assert floor.as_dict()["twin"] == "int8-dynamic"
+
+
+@pytest.mark.parametrize("table, message", [
+    ('twin = "int8-nope"\ntwin_metrics = ["accuracy"]', "twin: unknown method 'int8-nope'"),
+    ('twin = "qat-int4"', "twin_metrics must be a non-empty list of metric names, got None"),
+    ('twin = "int4-weight"\ntwin_metrics = ["acc"]', "twin_metrics names unknown metric 'acc'"),
+    ('twin_metrics = ["accuracy"]', "twin_metrics needs a twin"),
+    ('twin = "qat-int4"\ntwin_metrics = ["accuracy"]', "twin 'qat-int4' is the row itself"),
+])
+def test_a_bad_twin_is_refused_in_one_line(table, message):
+    from compresslab import floors
+
+    with pytest.raises(floors.FloorsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        qat_book(f"[method.qat-int4]\n{table}\n")
+
+
+def test_the_shipped_floors_give_each_qat_row_its_ptq_twin():
+    from compresslab import floors
+
+    book = floors.load(floors.DEFAULT_FLOORS, registry.MODELS, registry.METHODS)
+    for model_id in ("minilm-sentiment", "smollm2-135m"):
+        for method_id in ("qat-int8", "qat-int4"):
+            floor = book.floor_for(model_id, method_id, FAMILIES)
+            assert floor.twin == registry.METHODS[method_id].target and floor.max_size_ratio
+
+
+class FakeSession:
+    """What Case.check_floors reads of a session: floors, the expected metrics, this run's records."""
+
+    def __init__(self, records):
+        self.records, self.floors, self.catalog = records, qat_book(), self
+
+    def floor_for(self, model_id, chain_id):
+        return self.floors.floor_for(model_id, chain_id, FAMILIES)
+
+    def expected_metrics(self, spec):
+        return {"accuracy": "tweet-sentiment"}
+
+
+def check_case(records, accuracy: float):
+    from types import SimpleNamespace
+
+    from compresslab.fixture import Case
+    from compresslab.results import CaseResult
+
+    case = Case(FakeSession(records), registry.MODELS["minilm-sentiment"], "qat-int8",
+                SimpleNamespace(metrics={"accuracy": accuracy}), SimpleNamespace(metrics={"accuracy": 0.95}),
+                CaseResult(size_bytes=10, baseline_size_bytes=40))
+    return case, case.check_floors
+
+
+def twin_record(accuracy: float | None, model: str = "minilm-sentiment"):
+    from compresslab.results import CaseRecord, CaseResult
+
+    return CaseRecord(f"test[{model}-int8-dynamic]", model, "int8-dynamic", "passed",
+                      CaseResult(metrics=None if accuracy is None else {"accuracy": accuracy}))
+
+
+def test_a_case_worse_than_its_twin_in_the_run_fails_its_floors():
+    from compresslab.floors import BelowFloors
+
+    case, check = check_case([twin_record(0.93)], accuracy=0.92)
+    with pytest.raises(BelowFloors, match="worse than its twin int8-dynamic's 0.93"):
+        check()
+    assert case.result.twin_comparison == {"chain": "int8-dynamic", "metrics": {"accuracy": 0.93},
+                                           "difference": {"accuracy": pytest.approx(-0.01)}}
+    case, check = check_case([twin_record(0.93)], accuracy=0.93)
+    check()  # a match passes
+    assert case.result.floor_violations == []
+
+
+@pytest.mark.parametrize("records, reason", [
+    ([], "was not measured before this case in this run"),
+    ([twin_record(0.99, model="bert-base-emotion")], "was not measured before this case in this run"),
+    ([twin_record(None)], "ran in this run but has no metrics (passed): not compared"),
+])
+def test_a_twin_missing_from_the_run_is_skipped_with_its_reason(records, reason):
+    case, check = check_case(records, accuracy=0.92)
+    check()
+    assert reason in case.result.twin_comparison["skipped"]

@@ -313,7 +313,8 @@ def _twin(table: dict, where: str, source: str) -> dict[str, Any]:
     if not isinstance(twin, str) or not twin.strip():
         raise FloorsError(f"{source}: [{where}] twin must be a row id, got {twin!r}")
     if not isinstance(compared, list) or not compared or not all(isinstance(m, str) for m in compared):
-        raise FloorsError(f"{source}: [{where}] twin_metrics must be a non-empty list of metric names, got {compared!r}")
+        raise FloorsError(f"{source}: [{where}] twin_metrics must be a non-empty list of metric names, "
+                          f"got {compared!r}")
     unknown = [m for m in compared if m not in METRICS]
     if unknown:
         raise FloorsError(f"{source}: [{where}] twin_metrics names unknown metric {unknown[0]!r}; "
