@@ -178,7 +178,7 @@ class QuantizationAwareTraining(Method):
         with tempfile.TemporaryDirectory(prefix="qat-") as trained:
             model.save_pretrained(trained)
             self.ptq().apply(Path(trained), out, ctx)
-        left = unquantized_linears(load_pretrained(out, ctx.kind), ctx.kind)
+        left = unquantized_linears(load_pretrained(out, ctx.kind, ctx.device), ctx.kind)  # torchao int4: CUDA only
         if left:
             raise RuntimeError(f"{ctx.model_id}: {len(left)} Linears of the QAT artifact reload unquantized, "
                                f"e.g. {left[0]}")
