@@ -160,3 +160,26 @@ def test_a_live_holders_lease_is_waited_for(s3_url, tmp_path):
         waiter.join(10)
     (entry, built), = waiter_result
     assert not built and (entry.payload / "weights.bin").read_bytes() == b"held"
+
+
+def test_a_local_hit_is_shared_unless_another_machine_holds_the_lease(s3_url, tmp_path):
+    ArtifactCache(tmp_path / "a").get_or_build("k1", write_weights(b"w"))  # before the remote was configured
+    fs, root = store(s3_url)
+    fs.pipe_file(f"{root}/.leases/k1.json", b'{"holder": "another machine", "beat": 0}')
+    _, built = ArtifactCache(tmp_path / "a", remote=RemoteCache(s3_url)).get_or_build("k1", never_build)
+    assert not built and not fs.exists(f"{root}/k1/manifest.json")  # left to the holder, without waiting
+    fs.rm_file(f"{root}/.leases/k1.json")
+    ArtifactCache(tmp_path / "a", remote=RemoteCache(s3_url)).get_or_build("k1", never_build)
+    _, built = ArtifactCache(tmp_path / "b", remote=RemoteCache(s3_url)).get_or_build("k1", never_build)
+    assert not built
+
+
+def test_a_failed_build_releases_its_lease(s3_url, tmp_path):
+    def broken(out):
+        (out / "half.bin").write_bytes(b"x")
+        raise RuntimeError("killed mid-build")
+
+    with pytest.raises(RuntimeError, match="killed mid-build"):
+        ArtifactCache(tmp_path / "a", remote=RemoteCache(s3_url)).get_or_build("k1", broken)
+    fs, root = store(s3_url)
+    assert not fs.find(root)  # no lease left for the next machine to wait out, nothing uploaded

@@ -130,3 +130,37 @@ def test_a_manifest_naming_a_file_outside_its_entry_is_rejected_and_replaced(tmp
     assert "remote cache entry k1: manifest does not describe this entry; rejected it" in warning
     _, built = ArtifactCache(tmp_path / "c", remote=RemoteCache(str(shared))).get_or_build("k1", never_build)
     assert not built  # replaced on the shared path: the third machine fetches it
+
+
+def test_a_local_hit_the_remote_lacks_is_uploaded_once(tmp_path, caplog):
+    # built before the remote was configured: the next run with the remote shares it, building nothing
+    ArtifactCache(tmp_path / "a").get_or_build("k1", write_weights(b"w"))
+    shared = tmp_path / "shared"
+    remote = RemoteCache(str(shared))
+    cache = ArtifactCache(tmp_path / "a", remote=remote)
+    for _ in range(2):
+        _, built = cache.get_or_build("k1", never_build)
+        assert not built
+    assert json.loads((shared / "k1" / "manifest.json").read_text())["key"] == "k1"
+    (shared / "k1" / "manifest.json").unlink()
+    cache.get_or_build("k1", never_build)
+    assert not (shared / "k1" / "manifest.json").exists()  # looked up once per key per process
+    _, built = ArtifactCache(tmp_path / "b", remote=RemoteCache(str(shared))).get_or_build("k1", write_weights(b"w"))
+    assert built  # the manifest is gone: no entry, whatever payload is left
+    assert remote_warnings(caplog) == []
+
+
+def test_a_local_hit_is_not_uploaded_while_another_machine_holds_the_key(tmp_path):
+    from filelock import FileLock
+
+    ArtifactCache(tmp_path / "a").get_or_build("k1", write_weights(b"w"))
+    shared = tmp_path / "shared"
+    (shared / ".locks").mkdir(parents=True)
+    with FileLock(str(shared / ".locks" / "k1.lock")):  # another machine building k1 (another process's lock)
+        done = []
+        sharer = threading.Thread(target=lambda: done.append(ArtifactCache(
+            tmp_path / "a", remote=RemoteCache(str(shared))).get_or_build("k1", never_build)))
+        sharer.start()
+        sharer.join(10)
+        assert done and not done[0][1]  # returned at once, without waiting for the holder
+    assert not (shared / "k1").exists()

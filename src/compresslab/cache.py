@@ -191,6 +191,7 @@ class ArtifactCache:
         if not rebuild:
             entry = self._lookup_verified(key)
             if entry is not None:
+                self._share(entry)
                 return entry, False
         lock = self._lock(key)
         self._acquire(lock, key)
@@ -199,12 +200,17 @@ class ArtifactCache:
             # moved a damaged one aside and rebuilt it (then it is valid and returned unbuilt).
             entry = None if rebuild else self._lookup_or_quarantine(key)
             if entry is not None:
+                self._share(entry)
                 return entry, False
             if self.remote is not None:
                 return self.remote.get_or_build(self, key, build, inputs or {}, rebuild)
             return self._build_and_publish(key, build, inputs or {}), True
         finally:
             lock.release()
+
+    def _share(self, entry: Entry) -> None:
+        if self.remote is not None:  # a local hit the remote lacks is uploaded (remote_cache.RemoteCache.share)
+            self.remote.share(entry)
 
     def _acquire(self, lock: FileLock, key: str) -> None:
         try:

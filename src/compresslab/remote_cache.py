@@ -112,6 +112,7 @@ class RemoteCache:
         self._fs: Any = None
         self._root = ""
         self._rejected: dict[str, str] = {}  # key -> the remote manifest text rejected as corrupt
+        self._shared: set[str] = set()  # keys of local hits this process has made sure the remote holds
         self._holder = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     # --- the store ------------------------------------------------------------------------------------
@@ -147,6 +148,7 @@ class RemoteCache:
                      rebuild: bool) -> tuple[Any, bool]:
         """Under the local key's lock, after a local miss: the remote entry, else a build under the
         key's lease, uploaded. ``cache``: the ArtifactCache."""
+        self._shared.add(key)  # looked up here: its later local hits need not look again
         if not rebuild:
             entry = self._read_through(cache, key)
             if entry is not None:
@@ -159,6 +161,23 @@ class RemoteCache:
             entry = cache._build_and_publish(key, build, inputs)
             self._write_back(entry, replace=rebuild)
         return entry, True
+
+    def share(self, entry: Any) -> None:
+        """A local hit the remote lacks (built before the remote was configured, or while it was down):
+        uploaded, unless another machine holds the key's lease. Looked up once per key per process."""
+        if self.offline or entry.key in self._shared:
+            return
+        self._shared.add(entry.key)
+        try:
+            self._store()
+            if self._remote_manifest(entry.key) is not None:
+                return
+        except Exception as err:  # noqa: BLE001
+            self._go_offline(err)
+            return
+        with self._lease(entry.key, wait=False) as held:
+            if held:
+                self._write_back(entry, replace=False)
 
     # --- read-through ----------------------------------------------------------------------------------
 
@@ -284,40 +303,43 @@ class RemoteCache:
     # --- one build per key across machines ------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _lease(self, key: str) -> Iterator[None]:
-        """Held while this process builds ``key``; returns early, without the lease, once the entry
-        appears remotely (the caller then fetches it). A store without leases yields at once."""
+    def _lease(self, key: str, wait: bool = True) -> Iterator[bool]:
+        """Held while this process builds or uploads ``key``; yields whether this process may upload it:
+        True when it holds the lease or the store has none (or is down: nothing is uploaded then).
+        ``wait``: wait for another holder, returning early without the lease once its entry appears
+        (the caller then fetches it); else give up at once when another machine holds it (False)."""
         release: Callable[[], None] | None = None
-        if not self.offline:
+        leased = self.scheme in ("file", "s3", "s3a")
+        if not self.offline and leased:
             try:
                 self._store()
-                if self.scheme == "file":
-                    release = self._file_lease(key)
-                elif self.scheme in ("s3", "s3a"):
-                    release = self._object_lease(key)
+                lease = self._file_lease if self.scheme == "file" else self._object_lease
+                release = lease(key, wait)
             except Exception as err:  # noqa: BLE001
                 self._go_offline(err)
         try:
-            yield
+            yield release is not None or not leased or self.offline
         finally:
             if release is not None:
                 release()
 
-    def _file_lease(self, key: str) -> Callable[[], None]:
+    def _file_lease(self, key: str, wait: bool) -> Callable[[], None] | None:
         from filelock import FileLock, Timeout
 
         locks = Path(self._path(".locks"))
         locks.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(locks / f"{key}.lock"))
         try:
-            lock.acquire(timeout=self.poll_s)
+            lock.acquire(timeout=self.poll_s if wait else 0)
         except Timeout:
+            if not wait:
+                return None
             log.info("waiting for another machine that is building %s", key)
             lock.acquire()
         self._clear_stale_tmp(key)
         return lock.release
 
-    def _object_lease(self, key: str) -> Callable[[], None] | None:
+    def _object_lease(self, key: str, wait: bool) -> Callable[[], None] | None:
         """A conditional put of the lease object; while another holder keeps its lease fresh, wait
         for its entry. A lease unchanged for lease_stale_s (by this machine's clock: no clock skew)
         is a dead holder's: it is deleted and taken over."""
@@ -328,7 +350,8 @@ class RemoteCache:
                 fs.pipe_file(lease, self._lease_text(0), mode="create")
                 break
             except FileExistsError:
-                pass
+                if not wait:
+                    return None
             published = self._remote_manifest(key)
             if published is not None and published != self._rejected.get(key):
                 return None  # published while we waited: the caller fetches it
