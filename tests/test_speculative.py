@@ -4,6 +4,7 @@ cache rolls back exactly; a broken verifier is caught by the exactness check; th
 draft as the distill row's own stage and the artifact reloads as target plus draft."""
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 from compresslab import floors
 from compresslab.cache import ArtifactCache
+from compresslab.fixture import Case
 from compresslab.methods.base import MethodUnsupported
 from compresslab.methods.distill import LayerDropDistill, make_student
 from compresslab.methods.speculative import SpeculativeDecoding
@@ -120,6 +122,25 @@ def test_a_verifier_that_accepts_every_draft_token_fails_the_check(target, dropp
     good.add_speculative_check(dropped_check)
     assert good.spec_exact is True and floors.check_exact(good.spec_exact, good.spec_mismatch) == []
     assert floors.check_exact(None, None) == []  # not a speculative case
+
+
+def test_a_case_whose_speculative_output_differs_fails_its_floors(target, dropped, prompts, dropped_check):
+    """The case fixture's floor check (fixture.Case.check_floors) on a record of the broken verifier."""
+    session = SimpleNamespace(floor_for=lambda model, chain: floors.Floor(), records=[],
+                              floors=SimpleNamespace(source="test floors"),
+                              catalog=SimpleNamespace(expected_metrics=lambda spec: {}))
+    measurement = SimpleNamespace(metrics={"perplexity": 20.0})
+
+    def case(check) -> Case:
+        result = CaseResult()
+        result.add_speculative_check(check)
+        return Case(session, SimpleNamespace(id="tiny-lm"), "spec-distill-half", measurement, measurement, result)
+
+    case(dropped_check).check_floors()  # exact: passes
+    broken = case(check_exact(SpeculativeRunner(target, dropped, 2, verify=accept_all), prompts[:1], 6))
+    with pytest.raises(floors.BelowFloors, match="differs from plain greedy: prompt 0, new token"):
+        broken.check_floors()
+    assert broken.result.floor_violations[0].startswith("speculative decoding's output differs")
 
 
 def test_longest_agreeing_prefix():
