@@ -70,12 +70,18 @@ def lowrank_entry(module: LowRankLinear) -> dict[str, Any]:
             "rank": module.down.out_features, "bias": module.up.bias is not None}
 
 
+def attributes_entry(module: nn.Module, names: tuple[str, ...]) -> dict[str, Any]:
+    """Plain attributes a module computed from config.json that no longer hold (an attention module
+    with fewer heads of the same size): set again on the rebuilt module."""
+    return {"type": "attributes", "values": {name: getattr(module, name) for name in names}}
+
+
 def _build(entry: dict[str, Any]) -> nn.Module:
     if entry["type"] == "linear":
         return nn.Linear(entry["in"], entry["out"], bias=entry["bias"])
     if entry["type"] == "lowrank":
         return LowRankLinear(entry["in"], entry["out"], entry["rank"], bias=entry["bias"])
-    raise ValueError(f"unknown module type {entry['type']!r} in {STRUCTURE_FILE}; valid: linear, lowrank")
+    raise ValueError(f"unknown module type {entry['type']!r} in {STRUCTURE_FILE}; valid: linear, lowrank, attributes")
 
 
 def save_structured(model: nn.Module, out: Path, modules: dict[str, dict[str, Any]]) -> None:
@@ -99,7 +105,11 @@ def load_structured(path: Path, auto_class) -> nn.Module:
     config = AutoConfig.from_pretrained(path)
     model = auto_class.from_config(config, dtype=torch.float32)
     for name, entry in structure["modules"].items():
-        replace_module(model, name, _build(entry))
+        if entry["type"] == "attributes":
+            for attribute, value in entry["values"].items():
+                setattr(model.get_submodule(name), attribute, value)
+        else:
+            replace_module(model, name, _build(entry))
     state: dict[str, torch.Tensor] = {}
     for file in sorted(path.glob("*.safetensors")):
         state.update(load_file(file))
