@@ -115,12 +115,18 @@ def test_good_urls_pass_the_check(tmp_path):
         remote_cache.check_url(url)
 
 
-def test_a_manifest_naming_a_file_outside_its_entry_is_rejected_and_replaced(tmp_path, caplog):
+@pytest.mark.parametrize("lie", ["a file outside the entry", "another key", "no files"])
+def test_a_manifest_that_does_not_describe_its_entry_is_rejected_and_replaced(tmp_path, caplog, lie):
     shared = tmp_path / "shared"
     ArtifactCache(tmp_path / "a", remote=RemoteCache(str(shared))).get_or_build("k1", write_weights(b"w"))
     manifest_file = shared / "k1" / "manifest.json"
     manifest = json.loads(manifest_file.read_text())
-    manifest["files"]["../../escaped.bin"] = manifest["files"].pop("weights.bin")
+    if lie == "a file outside the entry":
+        manifest["files"]["../../escaped.bin"] = manifest["files"].pop("weights.bin")
+    elif lie == "another key":
+        manifest["key"] = "k2"
+    else:
+        manifest["files"] = {}
     manifest_file.write_text(json.dumps(manifest))
     calls = []
     _, built = ArtifactCache(tmp_path / "b", remote=RemoteCache(str(shared))).get_or_build(
