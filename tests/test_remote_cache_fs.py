@@ -170,3 +170,35 @@ def test_a_local_hit_is_not_uploaded_while_another_machine_holds_the_key(tmp_pat
         sharer.join(10)
         assert done and not done[0][1]  # returned at once, without waiting for the holder
     assert not (shared / "k1").exists()
+
+
+FETCH_ON_A_FULL_DISK = r"""
+import json, resource, signal, sys
+from pathlib import Path
+from compresslab.cache import ArtifactCache
+from compresslab.remote_cache import RemoteCache
+
+local, shared, limit = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills us instead of failing write()
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    ArtifactCache(local, remote=RemoteCache(shared)).get_or_build("big", None)
+except Exception as err:
+    print(json.dumps({"type": type(err).__name__, "message": str(err)}))
+"""
+
+
+def test_a_full_local_disk_while_fetching_is_the_caches_one_line_not_a_dead_store(tmp_path):
+    import subprocess
+    import sys
+
+    shared, limit = tmp_path / "shared", 64 * 1024
+    ArtifactCache(tmp_path / "a", remote=RemoteCache(str(shared))).get_or_build(
+        "big", lambda out: (out / "weights.bin").write_bytes(b"w" * (4 * limit)))
+    child = subprocess.run([sys.executable, "-c", FETCH_ON_A_FULL_DISK, str(tmp_path / "b"), str(shared), str(limit)],
+                           capture_output=True, text=True, timeout=60)
+    assert child.stdout, child.stderr
+    report = json.loads(child.stdout)
+    assert report["type"] == "CacheError" and "\n" not in report["message"]
+    assert report["message"].startswith("fetching big: could not write the artifact (File too large: ")
+    assert not (tmp_path / "b" / "big").exists() and list((tmp_path / "b" / ".tmp").iterdir()) == []

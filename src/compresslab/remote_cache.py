@@ -118,7 +118,7 @@ class RemoteCache:
     # --- the store ------------------------------------------------------------------------------------
 
     def _store(self) -> tuple[Any, str]:
-        """The filesystem and root, connected and probed at first use (raises on an unusable store)."""
+        """The filesystem and root, made at first use (a path is created; raises on an unusable one)."""
         if self._fs is None:
             import fsspec
 
