@@ -202,3 +202,17 @@ def test_a_full_local_disk_while_fetching_is_the_caches_one_line_not_a_dead_stor
     assert report["type"] == "CacheError" and "\n" not in report["message"]
     assert report["message"].startswith("fetching big: could not write the artifact (File too large: ")
     assert not (tmp_path / "b" / "big").exists() and list((tmp_path / "b" / ".tmp").iterdir()) == []
+
+
+def test_without_a_lease_a_later_upload_leaves_the_published_entry(tmp_path):
+    # the race of a store without leases (gs://, az://): two machines built the key; the later upload
+    # finds a manifest and leaves that entry whole rather than mixing the two builds
+    shared = tmp_path / "shared"
+    ArtifactCache(tmp_path / "a", remote=RemoteCache(str(shared))).get_or_build("k1", write_weights(b"first"))
+    late = RemoteCache(str(shared))
+    late.scheme = "gs"  # no lease taken, as on gs:// and az://
+    ArtifactCache(tmp_path / "b").get_or_build("k1", write_weights(b"second"))
+    late._store()
+    late._write_back(ArtifactCache(tmp_path / "b").lookup("k1"), replace=False)
+    entry, built = ArtifactCache(tmp_path / "c", remote=RemoteCache(str(shared))).get_or_build("k1", never_build)
+    assert not built and (entry.payload / "weights.bin").read_bytes() == b"first"
