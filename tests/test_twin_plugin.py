@@ -4,12 +4,13 @@ records, records the comparison in the sidecar, and one whose twin has not run r
 import json
 
 import pytest
-# Import before pytester's in-process runs (see tests/test_plugin.py): torchao registers its ops once.
-import torchao.quantization  # noqa: F401
 
 from compresslab import registry
 from compresslab.models.spec import ModelSpec
 from tiny import SyntheticSentiment, TinySource
+
+# Imported before pytester's in-process runs (see tests/test_plugin.py): torchao registers its ops once.
+pytest.importorskip("torchao.quantization")
 
 BENCH = """
 import pytest
