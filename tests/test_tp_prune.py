@@ -15,6 +15,7 @@ from compresslab.methods.tp_prune import (TorchPruningPrune, block_parameters, b
 from compresslab.models.finetune import FinetuneConfig, TrainBudget
 from compresslab.models.loading import load_pretrained
 from compresslab.models.structure import STRUCTURE_FILE, block_list
+from test_reshaping_methods import assert_reload_equals
 from tiny import build_methods, synthetic_examples, tokenizer
 
 pytest.importorskip("torch_pruning")
@@ -64,21 +65,10 @@ def built(tmp_path_factory):
     return {"classifier": (*encoder, trained[0]), "causal-lm": (*decoder, trained[1])}
 
 
-def held_out_logits(model) -> torch.Tensor:
-    texts = [e.text for e in synthetic_examples(16, seed=999)]
-    with torch.no_grad():
-        return model(**tokenizer()(texts, padding=True, return_tensors="pt")).logits
-
-
-def assert_reload_equals(in_memory, path, kind):
-    reloaded = load_pretrained(path, kind)
-    assert torch.equal(held_out_logits(reloaded), held_out_logits(in_memory.eval())), \
-        f"{path} reloads to other logits than the model that was saved"
-
-
 def assert_params_drop_about(pruned, original, fraction, tolerance=0.1):
     dropped = 1 - block_parameters(pruned) / block_parameters(original)
-    assert abs(dropped - fraction) <= tolerance, f"the blocks lost {dropped:.1%} of their parameters, not ~{fraction:.0%}"
+    assert abs(dropped - fraction) <= tolerance, \
+        f"the blocks lost {dropped:.1%} of their parameters, not ~{fraction:.0%}"
 
 
 @pytest.mark.parametrize("kwargs, needle", [({"fraction": 0}, "fraction"), ({"fraction": 1.0}, "fraction"),
