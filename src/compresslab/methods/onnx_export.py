@@ -13,12 +13,12 @@ from typing import ClassVar
 
 import torch
 
-from compresslab.methods.base import Method, MethodUnsupported, StageContext
+from compresslab.methods.base import Method, StageContext
 from compresslab.models.backends import OrtBackend
 from compresslab.models.export import OPSET, export_graph
 from compresslab.models.graph_runner import GraphRunner, write_runtime
 from compresslab.models.loading import checkpoint_tokenizer, load_pretrained
-from compresslab.models.precision import stays_full_precision
+from compresslab.models.precision import refuse_decoder_embedding_compression, stays_full_precision
 from compresslab.models.spec import ModelKind
 
 log = logging.getLogger(__name__)
@@ -189,9 +189,7 @@ class OrtExport(Method):
 
     def check_supported(self, kind, device: str) -> None:
         super().check_supported(kind, device)
-        if self.embeddings and kind == "causal-lm":
-            raise MethodUnsupported("a decoder's embedding is its output layer's weight if tied, and the head stays "
-                                    "in full precision: embedding compression applies to classifiers")
+        refuse_decoder_embedding_compression(self.embeddings, kind)
 
     @property
     def uses_task_data(self) -> bool:  # type: ignore[override]  # calibration data enters the cache key

@@ -32,6 +32,7 @@ from compresslab.methods.onnx_export import calibration_feeds, export_to, full_p
 from compresslab.methods.training import write_record
 from compresslab.models.backends import OV_PRECISION, OV_PRECISIONS, ov_has_bf16
 from compresslab.models.graph_runner import write_runtime
+from compresslab.models.precision import refuse_decoder_embedding_compression
 from compresslab.models.spec import ModelKind
 
 log = logging.getLogger(__name__)
@@ -186,9 +187,7 @@ class OpenVinoExport(Method):
 
     def check_supported(self, kind, device: str) -> None:
         super().check_supported(kind, device)
-        if self.embeddings and kind == "causal-lm":
-            raise MethodUnsupported("a decoder's embedding is its output layer's weight if tied, and the head stays "
-                                    "in full precision: embedding compression applies to classifiers")
+        refuse_decoder_embedding_compression(self.embeddings, kind)
         if self.precision == "bf16" and not ov_has_bf16():
             raise MethodUnsupported("this CPU has no bf16 arithmetic (OpenVINO would run the bf16 row in f32)")
 

@@ -26,6 +26,7 @@ import re
 
 from torch import nn
 
+from compresslab.errors import MethodUnsupported
 from compresslab.models.spec import ModelKind
 
 # The task head's module names across the supported architectures: DistilBERT's pre_classifier
@@ -74,3 +75,12 @@ def ignore_regexes(kind: ModelKind, also: tuple[str, ...] = ()) -> list[str]:
     """``re:``-prefixed patterns matching exactly the modules the rule keeps (llm-compressor's and
     compressed-tensors' ``ignore``, which apply ``re.match`` to qualified names)."""
     return [rf"re:(.*\.)?{re.escape(kept)}(\.|$)" for kept in full_precision_names(kind, also)]
+
+
+def refuse_decoder_embedding_compression(embeddings: str | None, kind: ModelKind) -> None:
+    """Raise MethodUnsupported when a method would compress a decoder's embedding table
+    (``embeddings`` set): a small LM ties that table to its lm_head, which the rule keeps in
+    full precision, so the graph methods' embedding compression is for classifiers only."""
+    if embeddings and kind == "causal-lm":
+        raise MethodUnsupported("a decoder's embedding is its output layer's weight if tied, and the head stays "
+                                "in full precision: embedding compression applies to classifiers")
