@@ -180,7 +180,9 @@ class CaseRunner:
         result.build_s, result.baseline_build_s = artifact.build_s, artifact.stages[0].build_s
         result.train_s = training_seconds(artifact)
         result.artifact_key = artifact.entry.key
-        result.runtime = runner.settings  # threads (and precision) each runtime ran with
+        # threads (and precision) each runtime ran with: the runner's own settings dict, not a copy,
+        # so what it records later (the timed shape's static compile, fixture.py) shows up here too
+        result.runtime = runner.settings
         result.oov_rate = self.test_oov_rate(spec, artifact, runner)
         if runner.model is not None:  # exported graphs have no torch module to inspect
             result.sparsity = sparsity.block_sparsity(runner.model)

@@ -70,8 +70,9 @@ class Case:
 
         timing = not getattr(benchmark, "disabled", False)
         if timing and static_shapes_pay(runner):
-            runner.specialize(inputs)  # the timed shape compiled as it would ship; recorded in runtime settings
-            self.result.runtime = runner.settings
+            # the timed shape compiled as it would ship; the runner records it in its settings,
+            # the very dict the result's runtime already is (cases.py)
+            runner.specialize(inputs)
         before = self.session.baseline_block(self.spec, self.baseline) if timing and not self.is_baseline else None
         benchmark.pedantic(infer, rounds=settings.rounds, warmup_rounds=settings.warmup, iterations=1)
         if benchmark.stats is not None and timing:
