@@ -8,7 +8,7 @@ import torch
 
 from compresslab import registry
 from compresslab.fixture import static_shapes_pay
-from compresslab.models.backends import STATIC_SHAPE_RUNTIMES, symbolic_dims
+from compresslab.models.backends import STATIC_SHAPE_RUNTIMES, StaticShapes, symbolic_dims
 from compresslab.models.runner import TorchRunner, load_runner
 from tiny import build_methods, tiny_bert_classifier, tokenizer
 
@@ -65,6 +65,16 @@ def test_only_graph_classifiers_on_paying_runtimes_are_specialized(classifier, t
     assert static_shapes_pay(ov_runner) == ("openvino" in STATIC_SHAPE_RUNTIMES)
     assert static_shapes_pay(ort_runner) == ("onnxruntime" in STATIC_SHAPE_RUNTIMES)
     assert not static_shapes_pay(TorchRunner(model, tokenizer(), "cpu", "classifier"))
+
+
+def test_only_the_same_names_with_the_same_shapes_fit():
+    static = StaticShapes({"input_ids": (1, 8), "attention_mask": (1, 8)}, compiled=None)
+    feeds = {"input_ids": np.zeros((1, 8)), "attention_mask": np.zeros((1, 8))}
+    assert static.fits(feeds)
+    assert not static.fits({**feeds, "attention_mask": np.zeros((1, 9))})
+    assert not static.fits({"input_ids": feeds["input_ids"]})  # a name missing
+    assert not static.fits({**feeds, "token_type_ids": np.zeros((1, 8))})  # a name extra
+    assert not static.fits({"input_ids": feeds["input_ids"], "token_type_ids": np.zeros((1, 8))})  # a name swapped
 
 
 def test_a_dim_given_two_sizes_is_an_error():
