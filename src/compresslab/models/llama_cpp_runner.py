@@ -73,15 +73,25 @@ def repacked_tensor_names(model_file: Path) -> list[str]:
             and len(t.shape) == 2 and int(t.shape[1]) % REPACK_ROWS == 0]
 
 
+GGML_LIBRARIES = ("libggml.so", "libggml-base.so", "libggml-cpu.so")  # searched in this order
+
+
+@functools.cache
+def _ggml_libraries(lib_dir: Path) -> tuple[ctypes.CDLL, ...]:
+    """Handles on the ggml libraries llama-cpp-python ships in ``lib_dir`` (already loaded by
+    llama_cpp), opened once per process rather than on every function lookup."""
+    return tuple(ctypes.CDLL(str(lib_dir / lib_name)) for lib_name in GGML_LIBRARIES if (lib_dir / lib_name).exists())
+
+
 def _ggml_function(llama_cpp, name: str, restype, argtypes):
-    """A function of the ggml libraries llama-cpp-python ships (already loaded by llama_cpp)."""
-    lib_dir = Path(llama_cpp.__file__).parent / "lib"
-    for lib_name in ("libggml.so", "libggml-base.so", "libggml-cpu.so"):
-        path = lib_dir / lib_name
-        if path.exists() and hasattr(lib := ctypes.CDLL(str(path)), name):
-            function = getattr(lib, name)
-            function.restype, function.argtypes = restype, argtypes
-            return function
+    """A function of the ggml libraries llama-cpp-python ships, or None when none of them has it."""
+    for lib in _ggml_libraries(Path(llama_cpp.__file__).parent / "lib"):
+        try:
+            function = lib[name]  # a function object of its own (not the handle's shared attribute): its types are ours
+        except AttributeError:
+            continue
+        function.restype, function.argtypes = restype, argtypes
+        return function
     return None
 
 
