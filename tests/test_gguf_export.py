@@ -3,6 +3,8 @@ quantized files stay close, a conversion without llama.cpp's RoPE row permutatio
 check, the decode loop reproduces eager greedy generation, and unsupported inputs are refused."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -194,3 +196,37 @@ def test_repacked_layout_computes_what_the_plain_layout_computes(decoder, monkey
     assert fidelity.top1_agreement >= 0.95, fidelity
     ids = tokenizer()(["the movie was"], return_tensors="pt")["input_ids"]
     assert greedy(repacked, ids, 8).tolist() == greedy(plain, ids, 8).tolist()
+
+
+QUANTIZE_IN_CHILD = """
+import sys
+from pathlib import Path
+from compresslab.methods import gguf_export
+source, target, silenced = sys.argv[1:]
+if silenced == "no":  # the control: llama.cpp keeps its own logger
+    gguf_export.quiet_llama_cpp = lambda: None
+gguf_export.quantize_gguf(Path(source), Path(target), "q8_0", 1)
+"""
+
+
+def test_the_quantizer_prints_nothing(tmp_path):
+    """llama.cpp logs its loader's metadata and a line per quantized tensor; a build shows none of it.
+    Each quantization runs in a child: llama.cpp's logger is per process, and a runner loaded earlier
+    in this one has silenced it already. The control, left to llama.cpp's own logger, shows the lines."""
+    pytest.importorskip("llama_cpp")
+    base = tmp_path / "fp32"
+    tiny_llama(train_steps=0).save_pretrained(base)
+    save_tokenizer(tokenizer(), base)
+    (tmp_path / "f32").mkdir()
+    f32 = export(base, tmp_path / "f32", "f32") / MODEL_FILE
+
+    def output_of_quantizing(silenced: str) -> str:
+        target = tmp_path / f"q8_0-silenced-{silenced}.gguf"
+        child = subprocess.run([sys.executable, "-c", QUANTIZE_IN_CHILD, str(f32), str(target), silenced],
+                               capture_output=True, text=True, timeout=300)
+        assert child.returncode == 0 and target.is_file(), child.stderr
+        return child.stdout + child.stderr
+
+    assert "converting to q8_0" in output_of_quantizing("no")
+    silenced = output_of_quantizing("yes")
+    assert "converting to" not in silenced and "llama_model_loader" not in silenced, silenced

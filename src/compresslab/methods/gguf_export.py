@@ -28,6 +28,7 @@ import torch
 
 from compresslab.methods.base import Method, MethodUnsupported, StageContext, is_installed
 from compresslab.models.graph_runner import write_runtime
+from compresslab.models.llama_cpp_runner import quiet_llama_cpp
 from compresslab.models.loading import checkpoint_tokenizer
 
 MODEL_FILE = "model.gguf"
@@ -238,6 +239,7 @@ def quantize_gguf(source: Path, target: Path, gguf_type: str, threads: int) -> N
     """llama.cpp's quantizer, with its default recipe for the type."""
     import llama_cpp
 
+    quiet_llama_cpp()  # a line per tensor otherwise; a failure still reaches logging
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_ftype(gguf_type)
     params.nthread = threads

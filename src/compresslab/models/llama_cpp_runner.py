@@ -45,9 +45,9 @@ GGML_LOG_ERROR = 4  # ggml.h of this llama.cpp: none 0, debug 1, info 2, warn 3,
 
 
 @functools.cache
-def _quiet_llama_cpp():
-    """llama.cpp prints every load and context to stderr: route its errors to logging, drop the rest.
-    The callback is cached so that ctypes keeps it alive while llama.cpp holds its pointer."""
+def quiet_llama_cpp():
+    """llama.cpp prints every load, context and quantized tensor: route its errors to logging, drop
+    the rest. The callback is cached so that ctypes keeps it alive while llama.cpp holds its pointer."""
     import llama_cpp
 
     @llama_cpp.llama_log_callback
@@ -140,7 +140,7 @@ class LlamaCppContext:
         if kv_type not in KV_TYPES:
             raise ValueError(f"KV cache type {kv_type!r}; valid: {', '.join(KV_TYPES)}")
 
-        _quiet_llama_cpp()
+        quiet_llama_cpp()
         self.lib = llama_cpp
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
