@@ -10,18 +10,10 @@ import torchao.quantization  # noqa: F401
 
 from compresslab import registry
 from compresslab.models.spec import ModelSpec, ModelUnavailable
+from bench_files import bench_file
 from tiny import SyntheticSentiment, TinySource
 
-BENCH = """
-import pytest
-from compresslab.plugin import case_params
-
-@pytest.mark.parametrize("compressed", case_params({"tiny-clf": ("fp32", "int8-weight"), "tiny-gone": ("fp32",)}),
-                         indirect=True)
-def test_compression(compressed, benchmark):
-    compressed.time(benchmark)
-    compressed.check_floors()
-"""
+BENCH = bench_file({"tiny-clf": ("fp32", "int8-weight"), "tiny-gone": ("fp32",)})
 
 FLOORS_OK = """
 [family.int8]

@@ -7,21 +7,13 @@ import pytest
 
 from compresslab import registry
 from compresslab.models.spec import ModelSpec
+from bench_files import bench_file
 from tiny import SyntheticSentiment, TinySource
 
 # Imported before pytester's in-process runs (see tests/test_plugin.py): torchao registers its ops once.
 pytest.importorskip("torchao.quantization")
 
-BENCH = """
-import pytest
-from compresslab.plugin import case_params
-
-@pytest.mark.parametrize("compressed", case_params({"tiny-clf": ("fp32", "int8-dynamic", "int8-weight")}),
-                         indirect=True)
-def test_compression(compressed, benchmark):
-    compressed.time(benchmark)
-    compressed.check_floors()
-"""
+BENCH = bench_file({"tiny-clf": ("fp32", "int8-dynamic", "int8-weight")})
 
 # int8-weight must match or beat int8-dynamic (measured before it); int8-dynamic's twin runs after it
 FLOORS = """
