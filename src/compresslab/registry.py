@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from compresslab import catalog
 from compresslab.methods.base import Method
 from compresslab.methods.bnb import BitsAndBytesQuant
+from compresslab.methods.block_distill import BlockDropDistill
 from compresslab.methods.distill import LayerDropDistill
 from compresslab.methods.dtype import Baseline, DtypeCast
 from compresslab.methods.gguf_export import GgufExport
@@ -131,6 +132,9 @@ ROWS: tuple[Row, ...] = (
     # the same cut by Torch-Pruning's dependency graph, for encoders and (grouped-query) decoders alike
     Row("tp-prune-30", TorchPruningPrune(fraction=0.3)),
     Row("distill-half", LayerDropDistill(keep_every=2), default=CLF),
+    # decoders: the 8 consecutive blocks whose loss costs least, healed by distillation (about 15 minutes
+    # of CPU training: full tier only)
+    Row("distill-cut8", BlockDropDistill(n_drop=8)),
     # speculative decoding: the target unchanged, drafted by its distill-half student (decoders only)
     Row("spec-distill-half", SpeculativeDecoding(draft="distill-half", num_draft_tokens=4)),
     # the vocabulary the task's training split uses: tokenizer and word embedding shrink together

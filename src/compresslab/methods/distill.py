@@ -40,9 +40,14 @@ def kept_blocks(n_blocks: int, keep_every: int) -> list[int]:
 
 def make_student(teacher: nn.Module, keep_every: int) -> tuple[nn.Module, list[int]]:
     """A copy of the teacher keeping every ``keep_every``-th block, its config and layer indices renumbered."""
+    kept = kept_blocks(len(block_list(teacher)[1]), keep_every)
+    return keep_blocks(teacher, kept), kept
+
+
+def keep_blocks(teacher: nn.Module, kept: list[int]) -> nn.Module:
+    """A copy of the teacher with only the blocks ``kept`` (in order), its config and layer indices renumbered."""
     student = copy.deepcopy(teacher)
     name, blocks = block_list(student)
-    kept = kept_blocks(len(blocks), keep_every)
     replace_module(student, name, nn.ModuleList([blocks[i] for i in kept]))
     config = student.config
     config.num_hidden_layers = len(kept)
@@ -52,7 +57,7 @@ def make_student(teacher: nn.Module, keep_every: int) -> tuple[nn.Module, list[i
         for module in block.modules():
             if hasattr(module, "layer_idx"):  # the KV cache is indexed by it
                 module.layer_idx = new_index
-    return student, kept
+    return student
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -103,10 +103,12 @@ def lm_batches(tokenizer, texts: Sequence[str], config: FinetuneConfig, rng: ran
         yield {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": input_ids}
 
 
-def train(model, batches, loss_fn, config: FinetuneConfig, desc: str) -> dict[str, float]:
+def train(model, batches, loss_fn, config: FinetuneConfig, desc: str,
+          after_step: Callable[[int, float], None] | None = None) -> dict[str, float]:
     """AdamW with warm-up and cosine decay for exactly max_steps; in place.
 
-    ``loss_fn(batch)`` returns the loss of one batch. Returns what happened (steps, seconds,
+    ``loss_fn(batch)`` returns the loss of one batch; ``after_step(step, smoothed_loss)``, if given,
+    runs after every step (a learning curve's checkpoints; it leaves the model in train mode). Returns what happened (steps, seconds,
     last smoothed loss) for the build record. Raises TrainingIncomplete when the safety limit
     is reached first (or the batches run out), so no caller can save a shorter run.
     """
@@ -123,6 +125,8 @@ def train(model, batches, loss_fn, config: FinetuneConfig, desc: str) -> dict[st
             loss_ema = loss if loss_ema is None else 0.9 * loss_ema + 0.1 * loss
             bar.update(1)
             bar.set_postfix(loss=f"{loss_ema:.3f}")
+            if after_step is not None:
+                after_step(step, loss_ema)
             if step >= config.max_steps:
                 break
             _check_safety_limit(desc, step, config, time.perf_counter() - started)
