@@ -12,8 +12,8 @@ from compresslab.methods.dtype import DtypeCast
 from compresslab.methods.gptq import GPTQ
 from compresslab.methods.oneshot_sparsity import OneShotSparsity
 from compresslab.methods.pruning import MagnitudePrune
-from compresslab.methods.structured import StructuredPrune
 from compresslab.methods.torchao_quant import TorchaoQuant
+from compresslab.methods.tp_prune import TorchPruningPrune
 from compresslab.models.spec import ModelSpec
 from compresslab.pipeline import Pipeline, parse_chain
 from tiny import TinySource
@@ -96,7 +96,7 @@ def test_method_ids_say_what_their_configs_do():
     ("prune-l1-50", MagnitudePrune(sparsity=0.3)), ("prune-global-50", MagnitudePrune(sparsity=0.5)),
     ("sparsegpt-2of4", OneShotSparsity(algorithm="sparsegpt")), ("wanda-50", OneShotSparsity(algorithm="sparsegpt")),
     ("gptq-w4g128", GPTQ(bits=8, group_size=128)), ("int8-weight", TorchaoQuant(scheme="int8-dynamic")),
-    ("prune-struct-30", StructuredPrune(fraction=0.5)),
+    ("tp-prune-30", TorchPruningPrune(fraction=0.5)),
 ])
 def test_a_mislabelled_method_is_found(method_id, config):
     found = mislabelled({**registry.METHODS, method_id: config})
@@ -186,7 +186,6 @@ from compresslab.methods.dtype import DtypeCast
 from compresslab.methods.gptq import GPTQ
 from compresslab.methods.oneshot_sparsity import OneShotSparsity
 from compresslab.methods.pruning import MagnitudePrune
-from compresslab.methods.structured import StructuredPrune
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,15 @@
-"""Methods that change the model's shape: structured pruning, distillation into fewer layers,
-low-rank factorization. Each saves, reloads through the user's path and is checked on a tiny model."""
+"""Methods that change the model's shape: distillation into fewer layers, low-rank factorization
+(structured pruning: test_tp_prune.py). Each saves, reloads through the user's path and is checked
+on a tiny model."""
 
 import json
 
 import pytest
 import torch
 
-from compresslab import registry
-from compresslab.methods import distill, structured
-from compresslab.methods.base import MethodUnsupported
+from compresslab.methods import distill
 from compresslab.methods.distill import LayerDropDistill, kept_blocks, make_student
 from compresslab.methods.lowrank import LowRankSVD, choose_rank, factorize
-from compresslab.methods.structured import StructuredPrune, kept_counts
 from compresslab.models.finetune import FinetuneConfig, TrainBudget
 from compresslab.models.loading import load_pretrained
 from compresslab.models.runner import TorchRunner
@@ -42,7 +40,7 @@ def save(model, path):
 
 @pytest.fixture(scope="module")
 def wide_classifier(tmp_path_factory):
-    """4 layers of 4 heads, so that halving and 25% cuts are visible."""
+    """4 layers of 4 heads, so that keeping half the layers leaves more than one."""
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
@@ -109,44 +107,6 @@ def assert_close_to_teacher(teacher_logits, student_logits, min_agreement=0.95, 
     close = fidelity.compare_logits(teacher_logits, student_logits)
     assert close.top1_agreement >= min_agreement and close.kl_div <= max_kl, \
         f"top-1 agreement with the teacher {close.top1_agreement:.2f}, KL(teacher || student) {close.kl_div:.4f}"
-
-
-# ---- structured pruning
-
-
-def test_kept_counts_round_heads_and_align_ffn():
-    assert kept_counts(12, 1536, 0.3) == (8, 1072)
-    assert kept_counts(2, 64, 0.9) == (1, 8)
-    with pytest.raises(ValueError, match="fraction must be in"):
-        StructuredPrune(fraction=0)
-
-
-def test_structured_pruning_removes_heads_and_neurons(wide_classifier, tmp_path):
-    method = StructuredPrune(fraction=0.5, recovery=CLASSIFIER)
-    method.apply(wide_classifier, tmp_path, ctx(wide_classifier))
-    assert (tmp_path / STRUCTURE_FILE).is_file()
-    model = load_pretrained(tmp_path, "classifier")
-    for block in block_list(model)[1]:
-        assert block.attention.self.query.out_features == 32  # 2 of 4 heads of 16
-        assert block.attention.output.dense.in_features == 32
-        assert block.intermediate.dense.out_features == 64  # 128 -> 64
-        assert block.output.dense.in_features == 64
-    original = load_pretrained(wide_classifier, "classifier")
-    assert parameter_count(model) < parameter_count(original)
-    assert (tmp_path / "model.safetensors").stat().st_size < (wide_classifier / "model.safetensors").stat().st_size
-    assert accuracy(tmp_path) >= 0.9 * accuracy(wide_classifier)
-    record = json.loads((tmp_path / "records" / "prune_struct.json").read_text())
-    assert record["heads"] == [4, 2] and record["ffn"] == [128, 64] and record["steps"] == 25
-
-
-def test_structured_checkpoint_reloads_exactly_and_refuses_a_quantizer(wide_classifier, tmp_path, monkeypatch):
-    trained = trained_models(monkeypatch, structured)
-    StructuredPrune(fraction=0.25, recovery=CLASSIFIER).apply(wide_classifier, tmp_path, ctx(wide_classifier))
-    assert_reload_equals(trained[0], tmp_path, "classifier")
-    with pytest.raises(MethodUnsupported, match="reshaped modules"):
-        load_pretrained(tmp_path, "classifier", quantization_config=object())
-    with pytest.raises(MethodUnsupported, match="classifier"):
-        registry.METHODS["prune-struct-30"].check_supported("causal-lm", "cpu")
 
 
 # ---- distillation

@@ -91,6 +91,8 @@ def test_encoder_really_shrinks_and_reloads_to_the_same_logits(built):
     base, original, outs, trained = built["classifier"]
     path = outs["tp"]
     assert (path / STRUCTURE_FILE).is_file()  # BERT's head size comes from the config: the map restores it
+    with pytest.raises(MethodUnsupported, match="reshaped modules"):  # no quantizer reads a structure map
+        load_pretrained(path, "classifier", quantization_config=object())
     pruned = load_pretrained(path, "classifier")
     assert (pruned.config.num_attention_heads, pruned.config.intermediate_size) == (4, 224)
     for block in block_list(pruned)[1]:

@@ -25,7 +25,6 @@ from compresslab.methods.openvino import OpenVinoExport
 from compresslab.methods.pruning import MagnitudePrune
 from compresslab.methods.speculative import SpeculativeDecoding
 from compresslab.methods.qat import QuantizationAwareTraining
-from compresslab.methods.structured import StructuredPrune
 from compresslab.methods.tp_prune import TorchPruningPrune
 from compresslab.methods.torchao_quant import TorchaoQuant
 from compresslab.methods.torchao_static import TorchaoStaticInt8
@@ -128,8 +127,8 @@ ROWS: tuple[Row, ...] = (
     Row("sparsegpt-50", OneShotSparsity(algorithm="sparsegpt", sparsity=0.5)),
     Row("sparsegpt-2of4", OneShotSparsity(algorithm="sparsegpt", sparsity=0.5, mask_structure="2:4")),
     Row("wanda-50", OneShotSparsity(algorithm="wanda", sparsity=0.5)),
-    Row("prune-struct-30", StructuredPrune(fraction=0.3)),
-    # the same cut by Torch-Pruning's dependency graph, for encoders and (grouped-query) decoders alike
+    # 30% of every block's heads and MLP channels, cut along Torch-Pruning's dependency graph, for encoders
+    # and (grouped-query) decoders alike
     Row("tp-prune-30", TorchPruningPrune(fraction=0.3)),
     Row("distill-half", LayerDropDistill(keep_every=2), default=CLF),
     # decoders: the 8 consecutive blocks whose loss costs least, healed by distillation (about 15 minutes

@@ -7,7 +7,7 @@ group's weights, or Taylor (weight times gradient of the task loss on a few trai
 The same fraction goes in every block, so every block keeps one shape. Attention heads keep their
 size (head_dim); in a grouped-query decoder Torch-Pruning removes the same number of query heads
 from every key/value group and keeps the key/value heads, so the groups stay equal. The hidden size
-(the residual stream) is not pruned. The same distilled recovery as ``prune-struct`` follows.
+(the residual stream) is not pruned. A distilled recovery (methods/structured.py) follows.
 
 A decoder's checkpoint is plain transformers: config.json says the new head counts, head_dim and
 intermediate size, and ``from_pretrained`` rebuilds it. A BERT-style encoder derives its head size
@@ -194,7 +194,7 @@ def check_really_shrank(pruned: nn.Module, original: nn.Module, fraction: float)
 
 
 def recovery_budget() -> TrainBudget:
-    """prune-struct's classifier recovery; a decoder gets the layer-drop distillation's LM budget."""
+    """structured.RECOVERY for a classifier; a decoder gets the layer-drop distillation's LM budget."""
     return TrainBudget(classifier=RECOVERY, causal_lm=DEFAULT_BUDGET.causal_lm)
 
 
