@@ -148,6 +148,27 @@ def test_recorded_times_come_from_the_newest_run_holding_each_case(tmp_path):
     assert found == {("minilm-sentiment", "int8-dynamic"): CaseTimes((("int8-dynamic", 7.0),), 9.0, 3.0)}
 
 
+def test_runs_of_the_commit_under_test_give_no_times(tmp_path):
+    """Shards run one after another in one checkout: a later shard must not plan from an earlier
+    shard's run (measured: two cases ran on no shard and fp32 on three)."""
+    def at(commit, build):
+        document = sidecar(0)
+        document["commit_info"] = {"commit": commit, "branch": "main", "dirty": False}
+        for bench in document["benchmarks"]:
+            bench["extra_info"]["stages"] = [{"name": "base", "key": "k0", "build_s": 9.0},
+                                             {"name": bench["chain"], "key": "k1", "build_s": build}]
+        return document
+
+    write(tmp_path / "runs" / "20261125T120000_aaaa.json", at("a" * 40, 1.0))
+    write(tmp_path / "runs" / "20261126T120000_bbbb.json", at("b" * 40, 7.0))  # newer: an earlier shard's
+    case = ("minilm-sentiment", "int8-dynamic")
+    assert shard.recorded_times(tmp_path / "runs", [case])[case].stages == (("int8-dynamic", 7.0),)
+    assert shard.recorded_times(tmp_path / "runs", [case], current_commit="b" * 40)[case].stages == \
+        (("int8-dynamic", 1.0),)
+    assert shard.recorded_times(tmp_path / "runs", [case], current_commit="a" * 40)[case].stages == \
+        (("int8-dynamic", 7.0),)
+
+
 # --- the plugin: usage errors and the split of a collection -------------------------------------------
 
 SHARD_BENCH = """
@@ -203,6 +224,26 @@ def test_the_shards_of_a_collection_partition_it_and_say_so(suite_dir, monkeypat
     monkeypatch.setenv("COMPRESSLAB_SHARD", "2/3")  # the environment, and the option over it
     assert collected(run(suite_dir, "--collect-only", "-q")) == parts[1]
     assert collected(run(suite_dir, "--collect-only", "-q", "--compresslab-shard", "1/3")) == parts[0]
+
+
+def test_a_shard_does_not_plan_from_runs_of_its_own_commit(suite_dir):
+    suite_dir.makepyfile(test_bench=SHARD_BENCH)
+    chains = ("fp32", "bf16", "int8-weight", "distill-half", "distill-half+int8-dynamic", "distill-half+ov-int8")
+    template = sidecar(0)["benchmarks"][0]
+    document = sidecar(0)
+    document["benchmarks"] = []
+    for chain in chains:
+        bench = copy.deepcopy(template)
+        bench.update(model="tiny-clf", chain=chain, name=f"test_compression[tiny-clf-{chain}]")
+        bench["extra_info"]["stages"] = [{"name": "base", "key": "k0", "build_s": 9.0},
+                                         {"name": chain, "key": "k1", "build_s": 5.0}]
+        document["benchmarks"].append(bench)
+    for commit, balanced_by in ((None, "the number of cases (no recorded times)"),  # this checkout's (no git)
+                                ("a" * 40, "the build and evaluation times recorded for 6 of 6 cases")):
+        document["commit_info"] = {"commit": commit, "branch": None, "dirty": None}
+        write(suite_dir.path / ".compresslab" / "runs" / "20261125T120000_x.json", document)
+        result = run(suite_dir, "--collect-only", "-q", "--compresslab-shard", "1/2")
+        result.stdout.fnmatch_lines([f"compresslab: shard 1/2: * of 6 cases (plan *, balanced by {balanced_by})*"])
 
 
 GONE_BENCH = """

@@ -8,7 +8,8 @@ that ends least loaded (LPT); a shard that takes its first group of a model also
 model's baseline (its base stage and fp32 evaluation), so a model's groups gather on few shards
 unless spreading them pays. The cost of a group is the build and evaluation seconds the newest
 runs in the results directory recorded for its cases (a stage two cases share counted once); with
-no recorded times the cases are counted. The same selection, N and recorded runs give every
+no recorded times the cases are counted. Runs of the commit under test are not read, so shards
+run one after another in one checkout see the same history. The same selection, N and recorded runs give every
 shard the same plan: each shard's run records the plan's digest, and ``compresslab merge``
 refuses shards of different plans.
 """
@@ -55,9 +56,14 @@ class CaseTimes:
     eval_s: float
 
 
-def recorded_times(runs_dir: Path, cases: Iterable[Case], limit: int = HISTORY_RUNS) -> dict[Case, CaseTimes]:
+def recorded_times(runs_dir: Path, cases: Iterable[Case], limit: int = HISTORY_RUNS,
+                   current_commit: str | None = None) -> dict[Case, CaseTimes]:
     """The times of ``cases`` from the newest ``limit`` saved runs (newest first, the first holding
-    a case wins); unreadable runs are passed over: balancing is a guess, not a gate."""
+    a case wins); unreadable runs are passed over: balancing is a guess, not a gate.
+
+    Runs of ``current_commit`` (the commit under test; None outside git) are left out: shards run
+    one after another in one checkout write their runs into the same directory, and a later shard
+    that read an earlier one's times would plan differently (cases run twice, or by no shard)."""
     from compresslab import runs
 
     wanted, found = set(cases), {}
@@ -65,6 +71,8 @@ def recorded_times(runs_dir: Path, cases: Iterable[Case], limit: int = HISTORY_R
         try:
             run = runs.load(path.absolute())
         except runs.RunError:
+            continue
+        if run.commit == current_commit:
             continue
         for record in run.records.values():
             case = (record.model, record.chain)
@@ -217,6 +225,7 @@ class ShardPlugin:
     @pytest.hookimpl(trylast=True)  # after the tiers, -k, -m and --deselect: the cases the run selected
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         from compresslab.plugin import _case_param
+        from compresslab.results import git_info
         from compresslab.session import session_of
 
         session = session_of(config)
@@ -224,8 +233,9 @@ class ShardPlugin:
         selected = sorted({case for case in cases.values() if case is not None})
         runs_dir = session.results_dir / "runs"
         methods = session.catalog.methods if selected else {}
+        commit = git_info(session.results_dir.parent)["commit"]  # what the runs of this checkout record
         shards = plan(selected, self.count, lambda case: (case[0], first_stage(case[1], methods)),
-                      recorded_times(runs_dir, selected) if selected else {})
+                      recorded_times(runs_dir, selected, current_commit=commit) if selected else {})
         # tests that are no compresslab case run once, on the first shard
         mine = [item for item in items if shards.shard_of.get(cases[item], 1) == self.index]
         if len(mine) < len(items):
